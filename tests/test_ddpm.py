@@ -1,0 +1,239 @@
+import math, pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ddpm_from_scratch.data import DataLoaders
+from ddpm_from_scratch.learner import Callback, Learner, TrainCB
+from ddpm_from_scratch.ddpm import (DDPMCB, NoisifyCB, NoisifyCollate, Schedule, UNet2DTuple, band_t_weights,
+                                    check_groups, default_groups, fashion_unet, fit_ddpm, linear_schedule, noisify,
+                                    predict_noise)
+
+torch.set_num_threads(1)
+
+
+# ---- schedule ----------------------------------------------------------------------------------------------
+
+def test_linear_schedule_values():
+    s = linear_schedule()
+    assert s.n_steps == len(s) == 1000 and s.beta.dtype == torch.float32
+    b = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(s.beta.numpy(), b, rtol=1e-6)
+    np.testing.assert_allclose(s.alpha.numpy(), 1 - b, rtol=1e-6)
+    np.testing.assert_allclose(s.sigma.numpy(), np.sqrt(b), rtol=1e-6)
+    # alpha_bar: closed form through a sum of logs, independent of cumprod
+    ab = np.exp(np.cumsum(np.log1p(-b)))
+    np.testing.assert_allclose(s.alpha_bar.numpy(), ab, rtol=1e-5)
+    assert s.alpha_bar[0].item() == pytest.approx(1 - 1e-4)
+    assert 3.5e-5 < s.alpha_bar[-1].item() < 4.5e-5  # ~4.04e-5: x_999 is essentially pure noise
+    assert (s.alpha_bar[1:] < s.alpha_bar[:-1]).all()
+
+
+def test_schedule_to_and_other_lengths():
+    s = linear_schedule(1e-3, 0.05, 10, dtype=torch.float64)
+    assert s.n_steps == 10 and s.alpha_bar.dtype == torch.float64
+    s32 = s.to(torch.float32)
+    assert s32.alpha_bar.dtype == torch.float32 and s32.n_steps == 10 and s32.device.type == 'cpu'
+    one = linear_schedule(0.5, 0.5, 1)
+    assert one.alpha_bar.tolist() == [0.5]
+    ab = linear_schedule().alpha_bar
+    np.testing.assert_allclose(Schedule.from_alpha_bar(ab).beta.numpy(), linear_schedule().beta.numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize('kw', [dict(beta_min=0.0), dict(beta_min=0.03), dict(beta_max=1.0), dict(n_steps=0),
+                                dict(n_steps=10.0)])
+def test_linear_schedule_rejects_bad_args(kw):
+    with pytest.raises(ValueError): linear_schedule(**kw)
+
+
+def test_schedule_checks_lengths():
+    z = torch.zeros(3)
+    with pytest.raises(ValueError, match='differ in length'): Schedule(z, z, z, torch.zeros(4))
+
+
+# ---- noisify -----------------------------------------------------------------------------------------------
+
+def test_noisify_layout_and_closed_form():
+    ab = linear_schedule().alpha_bar
+    x0 = torch.rand(16, 1, 32, 32) * 2 - 1
+    (xt, t), eps = noisify(x0, ab)
+    assert xt.shape == eps.shape == x0.shape and t.shape == (16,) and t.dtype == torch.int64
+    assert 0 <= t.min() and t.max() < 1000
+    a = ab[t].reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(xt, a.sqrt() * x0 + (1 - a).sqrt() * eps)
+
+
+@pytest.mark.parametrize('t', [0, 100, 500, 999])
+def test_noisify_statistics_at_fixed_t(t):
+    "Over many draws, x_t has mean sqrt(ab_t) x0 and variance 1 - ab_t (pixel-wise)."
+    ab = linear_schedule().alpha_bar
+    torch.manual_seed(0)
+    n = 20_000
+    x0 = torch.linspace(-1, 1, 8).reshape(1, 1, 2, 4).expand(n, -1, -1, -1)
+    (xt, tt), _ = noisify(x0, ab, t=t)
+    assert (tt == t).all()
+    a = ab[t].item()
+    # standard error of a mean of n draws of variance (1-a) is sqrt((1-a)/n) <= 0.0071; allow 5 of them
+    torch.testing.assert_close(xt.mean(0), math.sqrt(a) * x0[0], atol=5 * math.sqrt((1 - a) / n) + 1e-6, rtol=0)
+    var = xt.var(0)
+    if a < 1 - 1e-3: assert ((var / (1 - a) - 1).abs() < 0.06).all(), var / (1 - a)
+
+
+def test_noisify_uniform_t_histogram():
+    ab = linear_schedule().alpha_bar
+    g = torch.Generator().manual_seed(0)
+    (_, t), _ = noisify(torch.zeros(50_000, 1, 1, 1), ab, generator=g)
+    h = torch.bincount(t // 100, minlength=10).double()
+    chi2 = ((h - 5000) ** 2 / 5000).sum().item()
+    assert chi2 < 27.9, chi2  # chi-square, 9 d.o.f., p = 0.001
+
+
+def test_noisify_t_weights_respected():
+    ab = linear_schedule().alpha_bar
+    w = band_t_weights(1000, 700, p=0.7)
+    assert w.sum().item() == pytest.approx(1) and w[700:].sum().item() == pytest.approx(0.7)
+    g = torch.Generator().manual_seed(1)
+    n = 50_000
+    (_, t), _ = noisify(torch.zeros(n, 1, 1, 1), ab, t_weights=w, generator=g)
+    h = torch.bincount(t // 100, minlength=10).double()
+    expected = torch.tensor([0.3 / 7] * 7 + [0.7 / 3] * 3, dtype=torch.float64) * n
+    chi2 = ((h - expected) ** 2 / expected).sum().item()
+    assert chi2 < 27.9, (chi2, h)
+    # zero weights are never drawn
+    w2 = torch.zeros(1000); w2[10:20] = 1
+    (_, t2), _ = noisify(torch.zeros(5000, 1, 1, 1), ab, t_weights=w2)
+    assert t2.min() >= 10 and t2.max() < 20
+
+
+def test_noisify_generator_reproducible_and_dtype():
+    ab = linear_schedule(dtype=torch.float64).alpha_bar
+    x0 = torch.zeros(4, 1, 8, 8)
+    r1 = noisify(x0, ab, generator=torch.Generator().manual_seed(3))
+    r2 = noisify(x0, ab, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(r1, r2)
+    assert r1[0][0].dtype == torch.float32  # follows x0, not alpha_bar
+
+
+@pytest.mark.parametrize('kw,err,msg', [
+    (dict(t=torch.tensor([0.5, 0.2])), TypeError, 'integer steps'),
+    (dict(t=1000), ValueError, r'\[0, 1000\)'),
+    (dict(t=torch.tensor([1, 2, 3])), ValueError, 'shape'),
+    (dict(t_weights=torch.ones(999)), ValueError, 'length 1000'),
+    (dict(t_weights=-torch.ones(1000)), ValueError, 'non-negative'),
+    (dict(t=3, t_weights=torch.ones(1000)), ValueError, 'either'),
+])
+def test_noisify_errors(kw, err, msg):
+    with pytest.raises(err, match=msg): noisify(torch.zeros(2, 1, 4, 4), linear_schedule().alpha_bar, **kw)
+
+
+def test_noisify_rejects_int_images():
+    with pytest.raises(TypeError, match='float'): noisify(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), linear_schedule().alpha_bar)
+
+
+def test_band_t_weights_errors():
+    with pytest.raises(ValueError): band_t_weights(1000, 0, 1000)
+    with pytest.raises(ValueError): band_t_weights(1000, 700, p=1.0)
+    with pytest.raises(ValueError): band_t_weights(1000, 900, 800)
+
+
+# ---- U-Net -------------------------------------------------------------------------------------------------
+
+def tiny(**kw): return fashion_unet((8, 16), attention=False, layers_per_block=1, **kw)
+
+
+def test_fashion_unet_shapes_and_groups():
+    m = fashion_unet((16, 32, 64, 64))
+    assert m.config.norm_num_groups == 8 and m.config.in_channels == m.config.out_channels == 1
+    assert m.config.sample_size == 32
+    gns = [o for o in m.modules() if isinstance(o, nn.GroupNorm)]
+    assert gns and all(o.num_channels // o.num_groups >= 2 for o in gns)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad(): assert m(x, torch.tensor([3, 999])).sample.shape == (2, 1, 32, 32)
+    assert default_groups((32, 64, 128, 128)) == 8 and default_groups((8, 16, 32)) == 4 and default_groups((6, 12)) == 3
+
+
+def test_groupnorm_error_messages():
+    with pytest.raises(ValueError, match=r'\[16\] is not divisible by groups=32.*use groups in \[2, 4, 8\]'):
+        fashion_unet((16, 32, 64, 64), groups=32)
+    with pytest.raises(ValueError, match='single channel per group at width 16'):
+        fashion_unet((16, 32, 64, 64), groups=16)
+    with pytest.raises(ValueError, match='even'): check_groups((7, 14), 7)
+    with pytest.raises(TypeError, match='groups='): fashion_unet(norm_num_groups=8)
+    check_groups((32, 64, 128, 128), 8)  # the lesson's setting passes
+
+
+def test_unet2dtuple_forward_returns_tensor():
+    m = tiny(tuple_input=True)
+    assert isinstance(m, UNet2DTuple)
+    out = m((torch.randn(3, 1, 32, 32), torch.tensor([0, 1, 2])))
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 1, 32, 32)
+    torch.testing.assert_close(predict_noise(m, torch.zeros(1, 1, 32, 32), torch.tensor([5])),
+                               m((torch.zeros(1, 1, 32, 32), torch.tensor([5]))))
+
+
+# ---- training: both routes ---------------------------------------------------------------------------------
+
+class GradLog(Callback):
+    "Records loss and total gradient norm of every training batch."
+    order = 10
+    def __init__(self): self.losses, self.gnorms = [], []
+    def after_backward(self, learn):
+        self.losses.append(learn.loss.item())
+        self.gnorms.append(sum(p.grad.norm() ** 2 for p in learn.model.parameters() if p.grad is not None).sqrt().item())
+
+
+def smooth_dls(n=64, bs=16):
+    "Simple, learnable images: smooth random blobs in [-1, 1]."
+    g = torch.Generator().manual_seed(0)
+    x = F.interpolate(torch.rand(n, 1, 4, 4, generator=g), size=32, mode='bilinear') * 2 - 1
+    return DataLoaders.from_tensors((x[:48],), (x[48:],), bs)
+
+
+def test_ddpmcb_calls_super_init_and_trains():
+    cb = DDPMCB(n_steps=100, beta_max=0.1)
+    assert cb.n_inp == 1  # set by TrainCB.__init__: the forum's bug left it unset and get_loss failed
+    torch.manual_seed(0)
+    log = GradLog()
+    learn = fit_ddpm(tiny(), smooth_dls(), n_epochs=4, lr=1e-2, cb=cb, cbs=[log], metrics=False)
+    assert learn.stage_cb('predict') is cb and learn.stage_cb('get_loss') is cb
+    assert len(log.losses) == 12 and all(math.isfinite(o) for o in log.losses)
+    assert all(g > 0 and math.isfinite(g) for g in log.gnorms)
+    assert np.mean(log.losses[-3:]) < 0.8 * np.mean(log.losses[:3]), log.losses
+
+
+def test_ddpmcb_feeds_model_xt_and_t_and_unwraps_sample():
+    class Out:
+        def __init__(self, s): self.sample = s
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__(); self.w = nn.Parameter(torch.ones(())); self.calls = []
+        def forward(self, x, t):
+            self.calls.append((x.shape, t.dtype, t.shape)); return Out(x * self.w)
+    m = Spy()
+    learn = Learner(m, smooth_dls(16, 8), F.mse_loss, lr=0.01, cbs=[DDPMCB()])
+    learn.fit(1)
+    assert m.calls[0] == (torch.Size([8, 1, 32, 32]), torch.int64, torch.Size([8]))
+    assert isinstance(learn.preds, torch.Tensor)
+
+
+def test_tuple_route_trains_with_plain_traincb():
+    torch.manual_seed(0)
+    log = GradLog()
+    learn = fit_ddpm(tiny(tuple_input=True), smooth_dls(), n_epochs=4, lr=1e-2, cb=NoisifyCB(100, beta_max=0.1),
+                     cbs=[log], metrics=False)
+    assert type(learn.stage_cb('predict')) is TrainCB
+    assert all(g > 0 and math.isfinite(g) for g in log.gnorms)
+    assert np.mean(log.losses[-3:]) < 0.8 * np.mean(log.losses[:3]), log.losses
+
+
+def test_noisify_collate_picklable_and_correct():
+    ab = linear_schedule().alpha_bar
+    c = pickle.loads(pickle.dumps(NoisifyCollate(ab, t_weights=band_t_weights())))
+    ds = TensorDataset(torch.zeros(10, 1, 32, 32), torch.arange(10))
+    (xt, t), eps = next(iter(DataLoader(ds, batch_size=5, collate_fn=c)))
+    assert xt.shape == (5, 1, 32, 32) and t.dtype == torch.int64 and eps.shape == xt.shape
+    torch.testing.assert_close(xt, (1 - ab[t]).sqrt().reshape(-1, 1, 1, 1) * eps)  # x0 = 0
