@@ -40,7 +40,7 @@ if __name__ == '__main__':
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             res[name] = s = ie.scores(x)
-        print(f'{name:>15}: FID {s["fid"]:10.3f}   KID {s["kid"]:9.5f} ± {s["kid_std"]:.5f}   '
+        print(f'{name:>15}: FID {s["fid"]:10.4g}   KID {s["kid"]:10.3g} ± {s["kid_std"]:.2g}   '
               f'(N={s["n"]}, {time.perf_counter() - t:.1f}s)')
     r, z = res['real test'], res['uniform noise']
     print(f'noise / real test: FID {z["fid"] / r["fid"]:.0f}x')
