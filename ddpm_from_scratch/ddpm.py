@@ -7,7 +7,7 @@ __all__ = ['Schedule', 'linear_schedule', 'plot_schedule', 'check_t_weights', 'b
            'NoisifyCB', 'DDPMCB', 'default_groups', 'check_groups', 'UNet2DTuple', 'fashion_unet', 'fit_ddpm',
            'NoisifyCollate']
 
-# %% ../nbs/05_ddpm_callback.ipynb #845e8d89
+# %% ../nbs/05_ddpm_callback.ipynb #b3649db7
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +21,7 @@ from diffusers import UNet2DModel
 
 from .learner import Callback, TrainCB, DeviceCB, Learner, MetricsCB, ProgressCB, one_cycle
 
-# %% ../nbs/05_ddpm_callback.ipynb #302f8404
+# %% ../nbs/05_ddpm_callback.ipynb #56e74db1
 @dataclass
 class Schedule:
     "A discrete noise schedule: (n_steps,) tensors `beta`, `alpha` = 1-beta, `alpha_bar` = cumprod(alpha), `sigma` = sqrt(beta)."
@@ -67,7 +67,7 @@ class Schedule:
     def device(self)->torch.device: return self.beta.device
     def __len__(self): return self.n_steps
 
-# %% ../nbs/05_ddpm_callback.ipynb #324304d0
+# %% ../nbs/05_ddpm_callback.ipynb #17b2b6ef
 def linear_schedule(beta_min:float=1e-4, # beta at the first step (t=0)
                     beta_max:float=0.02, # beta at the last step (t=n_steps-1)
                     n_steps:int=1000, # Number of diffusion steps T
@@ -79,7 +79,7 @@ def linear_schedule(beta_min:float=1e-4, # beta at the first step (t=0)
         raise ValueError(f"Need 0 < beta_min <= beta_max < 1, got beta_min={beta_min}, beta_max={beta_max}.")
     return Schedule.from_beta(torch.linspace(beta_min, beta_max, n_steps, dtype=torch.float64)).to(dtype)
 
-# %% ../nbs/05_ddpm_callback.ipynb #cc8d979c
+# %% ../nbs/05_ddpm_callback.ipynb #dc96c239
 def plot_schedule(schedule:Schedule, # The schedule to draw
                   figsize:tuple=(6, 1.8) # Size of the figure
                  ):
@@ -91,7 +91,7 @@ def plot_schedule(schedule:Schedule, # The schedule to draw
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_ddpm_callback.ipynb #d2f8dc25
+# %% ../nbs/05_ddpm_callback.ipynb #ec3173a5
 def check_t_weights(t_weights, # None, or non-negative sampling weights, one per step
                     n_steps:int # The number of steps T they must cover
                    ):
@@ -120,7 +120,7 @@ def band_t_weights(n_steps:int=1000, # Number of steps T
     w[start:end] = p / inside
     return w
 
-# %% ../nbs/05_ddpm_callback.ipynb #ededd5a2
+# %% ../nbs/05_ddpm_callback.ipynb #addbaaef
 def _randn(shape, generator, device, dtype=torch.float32):
     "Standard normal noise on `device`, drawn on the generator's device when one is given."
     if generator is None: return torch.randn(shape, device=device, dtype=dtype)
@@ -156,7 +156,7 @@ def noisify(x0:torch.Tensor, # Clean images (B, C, H, W), float, nominally in [-
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     return (x_t, t.to(x0.device)), eps
 
-# %% ../nbs/05_ddpm_callback.ipynb #7bb09010
+# %% ../nbs/05_ddpm_callback.ipynb #17981545
 def predict_noise(model, # A noise predictor: `model(x_t, t)`, or `model((x_t, t))` if `model.tuple_input`
                   x_t:torch.Tensor, # Noisy images (B, C, H, W)
                   t:torch.Tensor # Steps, int64 (B,)
@@ -197,7 +197,7 @@ class DDPMCB(TrainCB):
         from ddpm_from_scratch.sampling import sample
         return sample(model, shape, self.sched, **kwargs)
 
-# %% ../nbs/05_ddpm_callback.ipynb #993a1d78
+# %% ../nbs/05_ddpm_callback.ipynb #2b4a5a2a
 def _divisors(n): return [d for d in range(1, n + 1) if n % d == 0]
 
 def default_groups(channels:tuple # Channel widths of the U-Net levels
@@ -228,7 +228,7 @@ def check_groups(channels:tuple, # Channel widths of the U-Net levels
         raise ValueError(f"groups={groups} leaves a single channel per group at width {small[0]} (GroupNorm would "
                          f"silently become instance norm): {hint} for channels {channels}.")
 
-# %% ../nbs/05_ddpm_callback.ipynb #a1300d23
+# %% ../nbs/05_ddpm_callback.ipynb #3631af69
 class UNet2DTuple(UNet2DModel):
     "A diffusers `UNet2DModel` whose `forward` takes one `(x_t, t)` tuple and returns the predicted noise as a tensor."
     tuple_input = True
@@ -254,7 +254,7 @@ def fashion_unet(channels:tuple=(32, 64, 128, 128), # Channel widths, one per re
               down_block_types=down, up_block_types=up, add_attention=attention)
     return (UNet2DTuple if tuple_input else UNet2DModel)(**{**kw, **kwargs})
 
-# %% ../nbs/05_ddpm_callback.ipynb #3fb048e3
+# %% ../nbs/05_ddpm_callback.ipynb #ad29598b
 def fit_ddpm(model, # Noise predictor `model(x_t, t)` (or a `UNet2DTuple` with `cb=NoisifyCB(...)`)
              dls, # DataLoaders of clean images `(x0, ...)`
              n_epochs:int=1, # Epochs
@@ -264,6 +264,7 @@ def fit_ddpm(model, # Noise predictor `model(x_t, t)` (or a `UNet2DTuple` with `
              opt_func=partial(optim.Adam, eps=1e-5), # Optimiser
              metrics:bool=True, # Log the mean loss each epoch
              progress:bool=False, # Progress lines and a live loss plot
+             valid:bool=True, # Run the validation part of each epoch
             )->Learner:
     "Train a noise predictor with the Learner: MSE on the noise, one-cycle schedule; returns the Learner."
     cb = DDPMCB() if cb is None else cb
@@ -271,10 +272,10 @@ def fit_ddpm(model, # Noise predictor `model(x_t, t)` (or a `UNet2DTuple` with `
     if metrics: all_cbs.append(MetricsCB())
     if progress: all_cbs.append(ProgressCB(plot=True))
     learn = Learner(model, dls, F.mse_loss, lr=lr, cbs=all_cbs, opt_func=opt_func)
-    learn.fit(n_epochs)
+    learn.fit(n_epochs, valid=valid)
     return learn
 
-# %% ../nbs/05_ddpm_callback.ipynb #9f4184b9
+# %% ../nbs/05_ddpm_callback.ipynb #291b878f
 class NoisifyCollate:
     "A picklable collate function: batch the items, keep element `key` (the images) and `noisify` it."
     def __init__(self, alpha_bar:torch.Tensor, # The schedule's alpha_bar (T,)
