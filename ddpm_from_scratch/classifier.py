@@ -103,7 +103,7 @@ def accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, bs:int=1000)->floa
     return (preds == y).float().mean().item()
 
 def train_classifier(model:nn.Module=None, # A model; a default `fashion_classifier()` if None
-                     epochs:int=10, # Training epochs
+                     epochs:int=6, # Training epochs
                      lr:float=1e-2, # Peak learning rate of the one-cycle schedule
                      bs:int=256, # Batch size
                      n_train:int=None, # Train on the first `n_train` images only (for quick runs)

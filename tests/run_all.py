@@ -31,8 +31,10 @@ def notebooks():
 def run_nbdev_test(extra):
     "Run nbdev_test on all notebooks; return (passed, failed)."
     names = notebooks()
+    # Two notebooks run at once; one thread each avoids the two processes' thread pools stalling each other.
+    env = {'OMP_NUM_THREADS': '1', **os.environ}
     proc = subprocess.run(['nbdev_test', '--n_workers', os.environ.get('NBDEV_TEST_WORKERS', '2'), '--timing', *extra],
-                          cwd=root, capture_output=True, text=True)
+                          cwd=root, capture_output=True, text=True, env=env)
     sys.stdout.write(proc.stdout); sys.stderr.write(proc.stderr)
     if proc.returncode == 0: return len(names), 0
     failed = set(re.findall(r'^\t(\S+\.ipynb)\s*$', proc.stderr, flags=re.M)) & set(names)
