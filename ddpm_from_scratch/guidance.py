@@ -6,7 +6,7 @@
 __all__ = ['SAMPLERS', 'drop_labels', 'CFGDDPMCB', 'cfg_eps', 'guided_eps', 'GuidedModel', 'guided_sample', 'class_grid',
            'show_class_grid', 'train_cfg', 'balanced_real', 'guidance_eval', 'guidance_table']
 
-# %% ../nbs/14_guidance.ipynb #692543cb
+# %% ../nbs/14_guidance.ipynb #35116a6f
 import math, numbers, time
 
 import matplotlib.pyplot as plt
@@ -19,7 +19,7 @@ from .sampling import sample
 from .ddim import ddim_sample
 from .unet import UNet
 
-# %% ../nbs/14_guidance.ipynb #9e7a7cbb
+# %% ../nbs/14_guidance.ipynb #71e59fde
 def _check_p(p):
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
         raise ValueError(f"p_uncond must be a probability in [0, 1] (the fraction of labels dropped), got {p!r}")
@@ -56,7 +56,7 @@ def drop_labels(c:torch.Tensor, # Class labels (B,), int64 in [0, n_classes)
     u = torch.rand(c.shape, generator=generator, device=dev).to(c.device)
     return torch.where(u < p, torch.full_like(c, n_classes), c)
 
-# %% ../nbs/14_guidance.ipynb #8d360f07
+# %% ../nbs/14_guidance.ipynb #d53090fe
 class CFGDDPMCB(DDPMCB):
     "Train a class-conditioned noise predictor `model(x_t, t, c)` on batches `(x0, y)`, dropping labels for guidance."
     def __init__(self, n_classes:int=10, # Number of real classes; the model's "no class" index is `n_classes`
@@ -98,7 +98,7 @@ class CFGDDPMCB(DDPMCB):
         "Guided samples of `classes` with this callback's schedule (see `guided_sample`)."
         return guided_sample(model, classes, self.sched, w, **kwargs)
 
-# %% ../nbs/14_guidance.ipynb #63c67cd2
+# %% ../nbs/14_guidance.ipynb #6788cc4d
 def _check_w(w)->float:
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
         raise ValueError(f"the guidance scale w must be a finite number >= 0 (0: unconditional, 1: plain conditional, "
@@ -112,7 +112,7 @@ def cfg_eps(eps_uncond:torch.Tensor, # Noise prediction without the class, eps(x
     "Classifier-free guidance: `eps_uncond + w * (eps_cond - eps_uncond)`."
     return eps_uncond + _check_w(w) * (eps_cond - eps_uncond)
 
-# %% ../nbs/14_guidance.ipynb #723c938e
+# %% ../nbs/14_guidance.ipynb #f628b144
 def _expand_t(t, x):
     t = torch.as_tensor(t, device=x.device)
     return t.expand(len(x)) if t.ndim == 0 else t
@@ -151,7 +151,7 @@ class GuidedModel(nn.Module):
 
     def forward(self, x_t, t): return guided_eps(self.model, x_t, t, self.classes, self.w)
 
-# %% ../nbs/14_guidance.ipynb #70ee9230
+# %% ../nbs/14_guidance.ipynb #6a4a8864
 SAMPLERS = ('ddim', 'ddpm')
 
 def guided_sample(model, # Class-conditioned noise predictor `model(x_t, t, c)` (e.g. `UNet(n_classes=10)`)
@@ -180,7 +180,7 @@ def guided_sample(model, # Class-conditioned noise predictor `model(x_t, t, c)` 
     return ddim_sample(gm, None if x_T is not None else shape, schedule, n_steps=n_steps, eta=eta, device=device,
                        clip=clip, generator=generator, progress=progress, x_T=x_T)
 
-# %% ../nbs/14_guidance.ipynb #f134cc51
+# %% ../nbs/14_guidance.ipynb #7eeb8d12
 def class_grid(model, # Class-conditioned noise predictor
                schedule:Schedule, # The schedule the model was trained with
                scales=(0., 1., 3.), # Guidance scales, one row each
@@ -216,7 +216,7 @@ def show_class_grid(grid:torch.Tensor, # The output of `class_grid`
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return fig
 
-# %% ../nbs/14_guidance.ipynb #53815859
+# %% ../nbs/14_guidance.ipynb #61f4da7e
 def train_cfg(x:torch.Tensor, # Training images (N, 1, 32, 32) in [-1, 1]
               y:torch.Tensor, # Their labels (N,)
               channels:tuple=(16, 32, 64), # U-Net widths
