@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'SAMPLERS', 'CKPT_FORMAT', 'UserError', 'TrainConfig', 'build_model', 'make_schedule', 'atomic_write',
-           'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'ResumeCB', 'WarmupCosineCB', 'CheckpointCB',
-           'train_ddpm', 'generate', 'image_grid', 'save_grid', 'evaluate', 'run_cli', 'ddpm_train', 'ddpm_sample',
-           'ddpm_eval']
+           'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'ResumeCB', 'WarmupCosineCB', 'WarmupEMA',
+           'CheckpointCB', 'train_ddpm', 'generate', 'image_grid', 'save_grid', 'evaluate', 'run_cli', 'ddpm_train',
+           'ddpm_sample', 'ddpm_eval']
 
 # %% ../nbs/12_cli.ipynb #9a7d685a
 import json, math, os, sys, tempfile, time
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fastcore.script import call_parse, Param
 from PIL import Image
 from torch import optim
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 import ddpm_from_scratch
 from .data import DataLoaders, default_device, fashion_tensors, set_seed
@@ -150,6 +150,14 @@ class WarmupCosineCB(Callback):
         lr = self.lr_at(learn.epoch * len(learn.dls.train) + learn.iter)
         for g in learn.opt.param_groups: g['lr'] = lr
 
+class WarmupEMA:
+    "EMA update whose decay warms up: `min(decay, (1+n)/(10+n))` after `n` updates, so the initial weights fade fast."
+    def __init__(self, decay:float): self.decay = decay
+    def decay_at(self, n)->float: return min(self.decay, (1 + float(n)) / (10 + float(n)))
+    def __call__(self, avg, p, n):
+        d = self.decay_at(n)
+        return avg * d + p * (1 - d)
+
 class CheckpointCB(Callback):
     "Track an EMA of the weights and write a checkpoint (atomically) after every epoch."
     order = 100
@@ -159,7 +167,7 @@ class CheckpointCB(Callback):
     def before_fit(self, learn):
         self.ema = None
         if self.cfg.ema:
-            self.ema = AveragedModel(learn.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
+            self.ema = AveragedModel(learn.model, avg_fn=WarmupEMA(self.cfg.ema), use_buffers=True)
             if self.ema_state is not None: self.ema.load_state_dict(self.ema_state)
     def before_epoch(self, learn):
         if learn.training: self.losses = []

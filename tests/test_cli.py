@@ -148,3 +148,12 @@ def test_eval_reports_fid_with_floor(trained):
     import json
     r = json.loads((trained / 'scores.json').read_text())
     assert r['fid'] > r['floor_fid'] > 0 and 'real-data floor' in p.stdout
+
+
+def test_warmup_ema_forgets_the_start_quickly():
+    from ddpm_from_scratch.cli import WarmupEMA
+    ema = WarmupEMA(0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.999
+    avg, p = torch.zeros(3), torch.ones(3)
+    for n in range(200): avg = ema(avg, p, torch.tensor(n))
+    assert (avg > 0.9).all()    # a fixed decay of 0.999 would still be at 1 - 0.999**200 = 0.18
