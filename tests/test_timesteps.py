@@ -1,0 +1,136 @@
+"Tests of the per-t loss tools, the noise-level estimate and the time ablation."
+import pytest
+import torch
+from torch import nn
+
+from ddpm_from_scratch.data import DataLoaders
+from ddpm_from_scratch.ddim import NoiseOracle
+from ddpm_from_scratch.ddpm import DDPMCB, fit_ddpm, linear_schedule, noisify
+from ddpm_from_scratch.sampling import GaussianEps, loss_by_t
+from ddpm_from_scratch.timesteps import (LossByTCB, bucket_edges, estimate_t, noise_std_mad, time_experiment,
+                                         time_table)
+from ddpm_from_scratch.unet import UNet
+
+torch.set_num_threads(1)
+
+
+class Zero(nn.Module):
+    def forward(self, x, t): return torch.zeros_like(x)
+
+
+def images(n=64, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, size, size, generator=g) * 2 - 1)
+
+
+# ---- the loss per t on models with known answers ----
+def test_loss_by_t_oracle_and_zero():
+    s, x = linear_schedule(), images(64)
+    assert loss_by_t(NoiseOracle(x, s.alpha_bar), x, s, n_buckets=5, bs=64).max() < 1e-10
+    L = loss_by_t(Zero(), x, s, n_buckets=5)
+    assert L.shape == (5,) and (L - 1).abs().max() < 0.03  # E[eps^2] = 1; 16k values per bucket, std ~0.011
+
+
+def test_loss_by_t_gaussian_closed_form():
+    # x0 ~ N(m, s^2) per pixel: the exact predictor's MSE is abar s^2 / (abar s^2 + 1 - abar); one t per bucket
+    sched, m, sd = linear_schedule(beta_min=0.01, beta_max=0.3, n_steps=8), 0.2, 0.5
+    x = m + sd * torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    L = loss_by_t(GaussianEps(sched.alpha_bar, m, sd), x, sched, n_buckets=8)
+    ab = sched.alpha_bar
+    expect = ab * sd ** 2 / (ab * sd ** 2 + 1 - ab)
+    assert torch.allclose(L, expect, rtol=0.03), (L, expect)
+
+
+def test_bucket_edges():
+    assert bucket_edges(1000, 4) == [0, 250, 500, 750, 1000]
+    assert bucket_edges(10, 3) == [0, 3, 7, 10]
+
+
+# ---- the recording callback ----
+def _fit(model, rec=None, n=128, bs=32, seed=0):
+    torch.manual_seed(seed)
+    x = images(n, 16, seed=1)
+    dls = DataLoaders.from_tensors((x,), (x[:bs],), bs, drop_last=True)
+    fit_ddpm(model, dls, 1, 1e-3, cb=DDPMCB(100), cbs=[rec] if rec else [], metrics=False, valid=False)
+    return model
+
+
+def small(time_cond=True, seed=0):
+    torch.manual_seed(seed)
+    return UNet(channels=(16, 32), n_res=1, img_size=16, attn_res=(), time_cond=time_cond)
+
+
+def test_loss_by_t_cb_records_and_does_not_disturb_training():
+    s, xv = linear_schedule(n_steps=100), images(16, 16, seed=2)
+    rec = LossByTCB(xv, s, at=(1, 4), n_buckets=4)
+    m1 = _fit(small(), rec)
+    assert sorted(rec.history) == [0, 1, 4] and rec.n_updates == 4
+    assert (rec.history[0] - 1).abs().max() < 0.1  # untrained U-Net: zero output
+    assert torch.allclose(rec.history[4], loss_by_t(m1, xv, s, 4, seed=1))  # the last record is the final model
+    m2 = _fit(small())  # same run without the recorder
+    for p1, p2 in zip(m1.parameters(), m2.parameters()): assert torch.equal(p1, p2)
+
+
+def test_loss_by_t_cb_errors():
+    with pytest.raises(ValueError, match='must be >= 1'): LossByTCB(images(4), linear_schedule(), at=(0, 10))
+
+
+# ---- time ablation ----
+def test_time_free_unet_ignores_t():
+    m = small(time_cond=False)
+    nn.init.normal_(m.conv_out.weight, std=0.1)
+    assert not hasattr(m, 'time_mlp')  # no time embedding at all
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        a, b, c = m(x, torch.tensor([0, 1, 2])), m(x, torch.tensor([999, 500, 7])), m(x, None)
+    assert torch.equal(a, b) and torch.equal(a, c) and a.abs().max() > 0
+    mt = small(time_cond=True)
+    nn.init.normal_(mt.conv_out.weight, std=0.1)
+    for blk in mt.modules():
+        if isinstance(blk, nn.Conv2d) and not blk.weight.any(): nn.init.normal_(blk.weight, std=0.1)
+    with torch.no_grad():
+        assert not torch.allclose(mt(x, torch.tensor([0, 1, 2])), mt(x, torch.tensor([999, 500, 7])))  # the control
+
+
+def test_time_experiment_small():
+    from ddpm_from_scratch.fid import ImageEval
+    torch.manual_seed(0)
+    feats = nn.Sequential(nn.Conv2d(1, 8, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    real = images(64, 32, seed=3)
+    ev = ImageEval(feats, real, kid_n=64)
+    x = images(64, 32, seed=4)
+    res = time_experiment(x, x[:8], channels=(16, 32), n_epochs=1, bs=16, n_steps=50, record_at=(2, 4), n_buckets=3,
+                          n_samples=4, sample_steps=3, evaluator=ev)
+    assert set(res) == {'with t', 'without t', 'real'}
+    for k in ('with t', 'without t'):
+        assert sorted(res[k]['history']) == [0, 2, 4] and res[k]['history'][4].shape == (3,)
+        assert res[k]['samples'].shape == (4, 1, 32, 32) and res[k]['scores']['n'] == 4
+        assert res[k]['noisy'] in (0., 0.25, 0.5, 0.75, 1.)  # a fraction of 4 samples
+    assert res['real']['noisy'] == 1.  # uniform random pixels are all "noisy" by the MAD measure
+    assert res['with t']['n_params'] > res['without t']['n_params']  # the time MLP is gone
+    txt = time_table(res, 50)
+    assert 'without t' in txt and 'FID' in txt and 'real' in txt
+    with pytest.raises(ValueError, match='only 4'):
+        time_experiment(x, x[:8], channels=(16, 32), bs=16, record_at=(10,), n_samples=0)
+
+
+# ---- reading the noise level off the image ----
+def test_noise_std_mad_on_white_noise():
+    g = torch.Generator().manual_seed(0)
+    for sd in (0.05, 0.3, 1.0):
+        est = noise_std_mad(sd * torch.randn(8, 1, 64, 64, generator=g) - 0.5)
+        assert ((est / sd) - 1).abs().max() < 0.06, (sd, est)
+
+
+def test_estimate_t_on_flat_images():
+    s = linear_schedule()
+    x0 = -torch.ones(16, 1, 32, 32)  # a flat background: neighbour differences are pure noise
+    g = torch.Generator().manual_seed(0)
+    for t in (20, 100, 300):
+        (x_t, _), _ = noisify(x0, s.alpha_bar, t=t, generator=g)
+        med = estimate_t(x_t, s).float().median().item()
+        assert abs(med - t) <= 0.1 * t + 2, (t, med)
+
+
+def test_noise_std_mad_errors():
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'): noise_std_mad(torch.zeros(32, 32))
