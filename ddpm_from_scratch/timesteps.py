@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LossByTCB', 'bucket_edges', 'plot_loss_by_t', 'noise_std_mad', 'estimate_t', 'time_experiment', 'time_table']
 
-# %% ../nbs/15_time.ipynb #00ad9cf6
+# %% ../nbs/15_time.ipynb #d5b08003
 import math, time
 
 import matplotlib.pyplot as plt
@@ -19,7 +19,7 @@ from .sampling import GaussianEps, loss_by_t
 from .ddim import ddim_sample
 from .unet import UNet
 
-# %% ../nbs/15_time.ipynb #2af3da4f
+# %% ../nbs/15_time.ipynb #ab6e7a37
 class LossByTCB(Callback):
     "Record `loss_by_t` of the model on held-out images before training and after the given numbers of updates."
     order = 60
@@ -76,7 +76,7 @@ def plot_loss_by_t(history:dict, # {updates: loss per bucket}, e.g. `LossByTCB.h
     ax.legend(fontsize=6)
     return ax
 
-# %% ../nbs/15_time.ipynb #5132104e
+# %% ../nbs/15_time.ipynb #948d1cb5
 def noise_std_mad(x:torch.Tensor # Images (B, C, H, W)
                  )->torch.Tensor:
     "Per-image estimate (B,) of the std of added white noise: median absolute horizontal neighbour difference / (0.6745 sqrt 2)."
@@ -92,7 +92,7 @@ def estimate_t(x_t:torch.Tensor, # Noisy images (B, C, H, W)
     grid = (1 - schedule.alpha_bar.float().cpu()).sqrt()
     return (sd[:, None] - grid[None]).abs().argmin(1)
 
-# %% ../nbs/15_time.ipynb #d1de870d
+# %% ../nbs/15_time.ipynb #b327ba85
 def time_experiment(x_train:torch.Tensor, # Training images (N, 1, 32, 32) in [-1, 1]
                     x_valid:torch.Tensor, # Held-out images for the loss per t
                     channels:tuple=(16, 32, 64), # U-Net widths

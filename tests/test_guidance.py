@@ -178,3 +178,10 @@ def test_guidance_table():
     row = dict(acc=0.5, fid=12.345, kid=0.0021, n=40, sample_s=3.)
     txt = guidance_table({'w=1': row, 'real': row})
     assert 'w=1' in txt and 'real' in txt and '12.35' in txt and '2.10' in txt
+
+
+def test_callback_sample_uses_its_schedule():
+    m, cb = small_unet(), CFGDDPMCB(n_steps=20, beta_min=1e-3, beta_max=0.2)
+    a = cb.sample(m, [2, 3], w=2., n_steps=4, generator=torch.Generator().manual_seed(0))
+    b = guided_sample(m, [2, 3], cb.sched, 2., n_steps=4, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 1, 16, 16) and torch.equal(a, b)
