@@ -1,7 +1,8 @@
 """Uniform t vs "upsampled" t (the forum's idea) at the same training budget, compared by the noise-prediction
 loss per t bucket on held-out images.
 
-Run: `python bench/bench_t_weighting.py` (about 5 minutes on one CPU thread; `--quick` for a 20-second smoke run).
+Run: `python bench/bench_t_weighting.py` (about 5 minutes on one CPU thread; `--quick` for a 20-second smoke run,
+`--seed N` for another seed of initial weights, batch order and evaluation draws).
 Three small U-Nets (widths 8-16-32, no attention) are trained with the same seed, initial weights, batch order and
 number of updates (one epoch over 9,600 training images, batch 64, 150 updates): t uniform, t drawn 70% of the time
 from [700, 1000) (the forum's "upsampled noisify"), and 70% from [0, 300). Each is then scored on the same 512 test
@@ -18,6 +19,7 @@ if __name__ == '__main__':
                   'high': band_t_weights(1000, 700, p=0.7),
                   'low': band_t_weights(1000, 0, 300, p=0.7)}
     kw = dict(n_train=256, n_valid=64) if quick else {}
+    if '--seed' in sys.argv: kw['seed'] = int(sys.argv[sys.argv.index('--seed') + 1])
     t0 = time.time()
     res = compare_t_weighting(weightings, **kw)
     print(t_weighting_table(res))

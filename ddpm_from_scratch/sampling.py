@@ -6,7 +6,7 @@
 __all__ = ['PosteriorCoefs', 'posterior_coefs', 'predict_x0', 'ddpm_step', 'sample', 'GaussianEps', 'loss_by_t',
            'compare_t_weighting', 't_weighting_table', 'ddpm_quality']
 
-# %% ../nbs/06_noisify_sample.ipynb #fa0cc222
+# %% ../nbs/06_noisify_sample.ipynb #9b78f006
 import time
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ from .data import DataLoaders, fashion_tensors, set_seed
 from .ddpm import (Schedule, linear_schedule, noisify, predict_noise, fit_ddpm, fashion_unet,
                                     DDPMCB, _randn)
 
-# %% ../nbs/06_noisify_sample.ipynb #61936f38
+# %% ../nbs/06_noisify_sample.ipynb #8865e36d
 class PosteriorCoefs(NamedTuple):
     "Per-step (T,) coefficients of q(x_{t-1} | x_t, x0): mean = `x0` * x0 + `xt` * x_t, variance `var`."
     x0: torch.Tensor
@@ -38,7 +38,7 @@ def posterior_coefs(schedule:Schedule # The noise schedule
     var = one_m_ab_prev * b / one_m_ab
     return PosteriorCoefs(*(o.to(schedule.beta.dtype) for o in (c0, ct, var)))
 
-# %% ../nbs/06_noisify_sample.ipynb #f0a23887
+# %% ../nbs/06_noisify_sample.ipynb #7a50191d
 def _at(v, t, x):
     "v[t] on x's device and dtype, shaped to broadcast over x (t an int, or a (B,) tensor of ints)."
     if isinstance(t, int): return v[t].to(x.device, x.dtype)
@@ -87,7 +87,7 @@ def ddpm_step(x_t:torch.Tensor, # Current images (B, C, H, W)
     if noise is None: noise = _randn(x_t.shape, generator, x_t.device, x_t.dtype)
     return mean + std * noise, x0_hat
 
-# %% ../nbs/06_noisify_sample.ipynb #ae2e2ccd
+# %% ../nbs/06_noisify_sample.ipynb #ac819b89
 def _model_device(model)->torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device('cpu')
@@ -127,7 +127,7 @@ def sample(model, # Noise predictor: `model(x_t, t)` (or `model((x_t, t))` if `m
     finally: model.train(was_training)
     return (x, xts, x0s) if keep else x
 
-# %% ../nbs/06_noisify_sample.ipynb #fdb5dfb5
+# %% ../nbs/06_noisify_sample.ipynb #eb0c6b73
 class GaussianEps(torch.nn.Module):
     "The exact noise predictor E[eps | x_t] for data x0 ~ N(m, s^2), pixel-wise: a yardstick for samplers."
     def __init__(self, alpha_bar:torch.Tensor, m:float=0.3, s:float=0.2):
@@ -137,7 +137,7 @@ class GaussianEps(torch.nn.Module):
         ab = self.alpha_bar[t].reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
         return (1 - ab).sqrt() * (x - ab.sqrt() * self.m) / (ab * self.s ** 2 + 1 - ab)
 
-# %% ../nbs/06_noisify_sample.ipynb #2eeec42a
+# %% ../nbs/06_noisify_sample.ipynb #092ba1c8
 def loss_by_t(model, # Noise predictor
               x0:torch.Tensor, # Held-out clean images (N, C, H, W)
               schedule:Schedule, # The schedule the model was trained with
@@ -170,12 +170,12 @@ def loss_by_t(model, # Noise predictor
     finally: model.train(was_training)
     return torch.tensor(res)
 
-# %% ../nbs/06_noisify_sample.ipynb #107f1514
+# %% ../nbs/06_noisify_sample.ipynb #82374cc1
 def compare_t_weighting(weightings:dict, # name -> t_weights (None for uniform t)
                         n_train:int=9600, # Training images (the first n of the training split); one epoch
                         n_valid:int=512, # Held-out images (test split) for the loss per t
                         bs:int=64, # Batch size
-                        lr:float=1e-2, # Peak learning rate (one-cycle)
+                        lr:float=3e-3, # Peak learning rate (one-cycle)
                         channels:tuple=(8, 16, 32), # U-Net widths (no attention, one layer per block)
                         n_steps:int=1000, # Diffusion steps T
                         n_buckets:int=10, # Buckets of t for the loss
@@ -215,7 +215,7 @@ def t_weighting_table(res:dict, # The result of `compare_t_weighting`
     lines.append('mean        ' + ''.join(f'{v:{w}.4f}' for v in m.tolist()) + ''.join(f'{v:{w}.3f}' for v in (m[1:] / m[0]).tolist()))
     return '\n'.join(lines)
 
-# %% ../nbs/06_noisify_sample.ipynb #44c39b03
+# %% ../nbs/06_noisify_sample.ipynb #f95db9d9
 def ddpm_quality(model, # Noise predictor to train, e.g. `fashion_unet()`
                  x_train:torch.Tensor, # Training images (N, 1, 32, 32) in [-1, 1]
                  n_epochs:int=5, # Training epochs
