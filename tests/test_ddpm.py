@@ -9,11 +9,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ddpm_from_scratch.data import DataLoaders
 from ddpm_from_scratch.learner import Callback, Learner, TrainCB
-from ddpm_from_scratch.ddpm import (DDPMCB, NoisifyCB, NoisifyCollate, Schedule, UNet2DTuple, band_t_weights,
-                                    check_groups, default_groups, fashion_unet, fit_ddpm, linear_schedule, noisify,
-                                    predict_noise)
-
-torch.set_num_threads(1)
+from ddpm_from_scratch.ddpm import (DDPMCB, NoisifyCB, NoisifyCollate, Schedule, UNet2DTuple, abar_cos, adam_opt,
+                                    alpha_bar_at, at, band_t_weights, bcast, check_groups, cosine_schedule,
+                                    default_groups, drop_labels, eps_from_x0, fashion_unet, fit_ddpm, is_continuous,
+                                    linear_schedule, noisify, predict_noise, randn, x0_from_eps)
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------
@@ -34,11 +33,11 @@ def test_linear_schedule_values():
 
 
 def test_schedule_to_and_other_lengths():
-    s = linear_schedule(1e-3, 0.05, 10, dtype=torch.float64)
+    s = linear_schedule(1e-4, 0.005, 10, dtype=torch.float64)
     assert s.n_steps == 10 and s.alpha_bar.dtype == torch.float64
     s32 = s.to(torch.float32)
     assert s32.alpha_bar.dtype == torch.float32 and s32.n_steps == 10 and s32.device.type == 'cpu'
-    one = linear_schedule(0.5, 0.5, 1)
+    one = linear_schedule(5e-4, 5e-4, 1)  # stated for T=1000, so x1000 at T=1
     assert one.alpha_bar.tolist() == [0.5]
     ab = linear_schedule().alpha_bar
     np.testing.assert_allclose(Schedule.from_alpha_bar(ab).beta.numpy(), linear_schedule().beta.numpy(), rtol=1e-3)
@@ -53,6 +52,80 @@ def test_linear_schedule_rejects_bad_args(kw):
 def test_schedule_checks_lengths():
     z = torch.zeros(3)
     with pytest.raises(ValueError, match='differ in length'): Schedule(z, z, z, torch.zeros(4))
+
+
+def test_linear_betas_are_stated_for_1000_steps():
+    "The 1000/T convention, decided once: the same (beta_min, beta_max) describe the same process for any T."
+    np.testing.assert_allclose(linear_schedule(n_steps=100).beta.numpy(), np.linspace(1e-3, 0.2, 100), rtol=1e-6)
+    np.testing.assert_allclose(linear_schedule(n_steps=1000).beta.numpy(), np.linspace(1e-4, 0.02, 1000), rtol=1e-6)
+    assert linear_schedule(n_steps=20).beta.max().item() == pytest.approx(0.999)  # capped below 1
+    for T in (50, 100, 250):
+        ab = linear_schedule(n_steps=T).alpha_bar
+        assert ab[-1] < 1e-4 and abs(ab[T // 2] / linear_schedule().alpha_bar[500] - 1) < 0.35
+
+
+def test_cosine_schedule_and_names():
+    c = cosine_schedule(100)
+    u = (torch.arange(100, dtype=torch.float64) + 1) / 100
+    np.testing.assert_allclose(c.alpha_bar.double().numpy(), abar_cos(u).numpy(), rtol=1e-5)
+    assert (c.beta <= 0.999).all() and c.alpha_bar[-1].item() == pytest.approx(1e-4, rel=1e-3)
+    torch.testing.assert_close(Schedule.from_name('cosine', 100).alpha_bar, c.alpha_bar)
+    torch.testing.assert_close(Schedule.from_name('linear', 100).beta, linear_schedule(n_steps=100).beta)
+    with pytest.raises(ValueError, match='linear'): Schedule.from_name('sigmoid')
+    assert abar_cos(0.).item() == 1 and abar_cos(1.).item() == pytest.approx(1e-4)
+    with pytest.raises(TypeError, match='continuous'): abar_cos(torch.tensor([3]))
+    with pytest.raises(ValueError, match=r'\[0, 1\]'): abar_cos(1.5)
+
+
+def test_alpha_bar_at_reads_every_kind_of_schedule():
+    s = linear_schedule()
+    t = torch.tensor([0, 10, 999])
+    for sched in (s, s.alpha_bar):
+        a = alpha_bar_at(sched, t)
+        assert a.dtype == torch.float64 and a.shape == (3,) and not is_continuous(sched)
+        np.testing.assert_allclose(a.numpy(), s.alpha_bar[t].double().numpy())
+    assert alpha_bar_at(s, 5).shape == ()
+    ct = torch.tensor([0., 0.5, 1.])
+    np.testing.assert_allclose(alpha_bar_at(abar_cos, ct).numpy(), abar_cos(ct.double()).numpy())
+    assert is_continuous(abar_cos)
+    with pytest.raises(TypeError, match='integer steps'): alpha_bar_at(s, ct)
+    with pytest.raises(TypeError, match='continuous'): alpha_bar_at(abar_cos, t)
+    with pytest.raises(TypeError, match='schedule must be'): alpha_bar_at('linear', t)
+
+
+def test_gather_broadcast_and_randn():
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.float16)
+    v = torch.arange(10, dtype=torch.float64)
+    g = at(v, torch.tensor([1, 2, 9]), x)
+    assert g.shape == (3, 1, 1, 1) and g.dtype == torch.float16 and g.flatten().tolist() == [1, 2, 9]
+    assert at(v, 4, x).shape == () and bcast(2., x).shape == () and bcast(torch.ones(3), x).shape == (3, 1, 1, 1)
+    a = randn((2, 3), torch.Generator().manual_seed(0)); b = randn((2, 3), torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and not torch.equal(a, randn((2, 3), torch.Generator().manual_seed(1)))
+    assert randn((2,), device='meta').device.type == 'meta'
+    assert randn((2,), torch.Generator().manual_seed(0), device='meta').device.type == 'meta'
+
+
+def test_x0_and_eps_invert_noisify():
+    s = linear_schedule()
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    (xt, t), eps = noisify(x0, s, t=torch.arange(0, 1000, 125))
+    a = alpha_bar_at(s, t)
+    torch.testing.assert_close(x0_from_eps(xt, eps, a), x0, atol=2e-3, rtol=0)
+    torch.testing.assert_close(eps_from_x0(xt, x0, a), eps, atol=1e-4, rtol=0)
+    # a wrong alpha-bar does not invert: the tests above can fail
+    assert (x0_from_eps(xt, eps, a.flip(0)) - x0).abs().max() > 0.1
+
+
+def test_noisify_continuous_time_and_given_eps():
+    x0 = torch.rand(6, 1, 4, 4)
+    (xt, t), eps = noisify(x0, abar_cos, generator=torch.Generator().manual_seed(0))
+    assert t.is_floating_point() and t.shape == (6,) and 0 <= t.min() and t.max() < 1
+    a = bcast(abar_cos(t.double()), x0)
+    torch.testing.assert_close(xt, a.sqrt() * x0 + (1 - a).sqrt() * eps)
+    e = torch.randn_like(x0)
+    (xt2, _), eps2 = noisify(x0, linear_schedule(), t=5, eps=e)
+    assert eps2 is e
+    with pytest.raises(ValueError, match='continuous time'): noisify(x0, abar_cos, t_weights=torch.ones(1000))
 
 
 # ---- noisify -----------------------------------------------------------------------------------------------
@@ -194,7 +267,7 @@ def smooth_dls(n=64, bs=16):
 
 
 def test_ddpmcb_calls_super_init_and_trains():
-    cb = DDPMCB(n_steps=100, beta_max=0.1)
+    cb = DDPMCB(linear_schedule(n_steps=100))
     assert cb.n_inp == 1  # set by TrainCB.__init__: the forum's bug left it unset and get_loss failed
     torch.manual_seed(0)
     log = GradLog()
@@ -223,7 +296,7 @@ def test_ddpmcb_feeds_model_xt_and_t_and_unwraps_sample():
 def test_tuple_route_trains_with_plain_traincb():
     torch.manual_seed(0)
     log = GradLog()
-    learn = fit_ddpm(tiny(tuple_input=True), smooth_dls(), n_epochs=4, lr=1e-2, cb=NoisifyCB(100, beta_max=0.1),
+    learn = fit_ddpm(tiny(tuple_input=True), smooth_dls(), n_epochs=4, lr=1e-2, cb=NoisifyCB(linear_schedule(n_steps=100)),
                      cbs=[log], metrics=False)
     assert type(learn.stage_cb('predict')) is TrainCB
     assert all(g > 0 and math.isfinite(g) for g in log.gnorms)
@@ -237,3 +310,77 @@ def test_noisify_collate_picklable_and_correct():
     (xt, t), eps = next(iter(DataLoader(ds, batch_size=5, collate_fn=c)))
     assert xt.shape == (5, 1, 32, 32) and t.dtype == torch.int64 and eps.shape == xt.shape
     torch.testing.assert_close(xt, (1 - ab[t]).sqrt().reshape(-1, 1, 1, 1) * eps)  # x0 = 0
+
+
+class Capture(Callback):
+    "Records what the diffusion callback hands the model and the loss: the inputs and the target of every training batch."
+    order = 50
+    def __init__(self): self.batches = []
+    def after_predict(self, learn): self.batches.append(tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in learn.batch[0]) + (learn.batch[1].clone(),))
+
+
+class Zero(nn.Module):
+    "Predicts zero noise; records the t and c it sees."
+    def __init__(self, n_classes=None):
+        super().__init__(); self.w = nn.Parameter(torch.zeros(())); self.n_classes = n_classes; self.c = []
+    def forward(self, x, t, c=None):
+        self.c.append(c); return x * self.w
+
+
+def test_ddpmcb_target_is_the_noise_and_t_weights_are_used():
+    "The target must be eps (not x0), and t must follow t_weights: both fail if DDPMCB regresses on x0 or ignores the weights."
+    s = linear_schedule()
+    img = torch.rand(1, 1, 8, 8) * 2 - 1
+    x = img.expand(64, -1, -1, -1).contiguous()  # one image, so x0 is known whatever the batch order
+    w = torch.zeros(1000); w[990:] = 1  # only the noisiest steps
+    cap = Capture()
+    torch.manual_seed(0)
+    learn = Learner(Zero(), DataLoaders.from_tensors((x,), (x[:8],), 16), F.mse_loss, lr=0.01,
+                    cbs=[DDPMCB(s, t_weights=w), cap])
+    learn.fit(1, valid=False)
+    assert len(cap.batches) == 4
+    for i, (xt, t, target) in enumerate(cap.batches):
+        assert t.min() >= 990
+        x0 = img.expand_as(xt)
+        a = at(s.alpha_bar, t, xt)
+        torch.testing.assert_close(xt, a.sqrt() * x0 + (1 - a).sqrt() * target)
+        assert target.std() > 0.5  # noise, not an image that is mostly -1
+
+
+def test_ddpmcb_class_conditional_drops_labels_in_training_only():
+    x, y, yv = torch.rand(400, 1, 4, 4), torch.full((400,), 3), torch.arange(100) % 10
+    m = Zero(n_classes=10)
+    cb = DDPMCB(linear_schedule(n_steps=50), cond=10, p_uncond=0.3)
+    torch.manual_seed(0)
+    learn = Learner(m, DataLoaders.from_tensors((x, y), (x[:100], yv), 100), F.mse_loss, lr=0.01, cbs=[cb])
+    learn.fit(1)
+    train_c, valid_c = torch.cat(m.c[:4]), m.c[4]
+    assert cb.n_labels == 400 and abs(cb.dropped_fraction - 0.3) < 0.08
+    assert ((train_c == 10) | (train_c == 3)).all() and (train_c == 10).any()
+    assert torch.equal(valid_c, yv)  # no dropping when validating
+    with pytest.raises(ValueError, match='n_classes=10 but DDPMCB has cond=5'):
+        Learner(m, learn.dls, F.mse_loss, cbs=[DDPMCB(cond=5)]).fit(1)
+    with pytest.raises(ValueError, match='labels'):
+        Learner(m, DataLoaders.from_tensors((x,), (x[:10],), 100), F.mse_loss, cbs=[DDPMCB(cond=10)]).fit(1)
+    with pytest.raises(ValueError, match='p_uncond'): DDPMCB(cond=10, p_uncond=1.5)
+
+
+def test_ddpmcb_continuous_time():
+    x = torch.rand(32, 1, 4, 4)
+    cap = Capture()
+    learn = Learner(Zero(), DataLoaders.from_tensors((x,), (x[:8],), 16), F.mse_loss, lr=0.01, cbs=[DDPMCB(abar_cos), cap])
+    learn.fit(1, valid=False)
+    t = cap.batches[0][1]
+    assert t.is_floating_point() and 0 <= t.min() and t.max() < 1
+    with pytest.raises(ValueError, match='continuous'): DDPMCB(abar_cos, t_weights=torch.ones(1000))
+    with pytest.raises(TypeError, match='schedule must be'): DDPMCB('cosine')
+
+
+def test_drop_labels_rate_and_adam_opt():
+    c = torch.arange(10_000) % 10
+    d = drop_labels(c, 0.25, 10, generator=torch.Generator().manual_seed(0))
+    assert abs((d == 10).float().mean().item() - 0.25) < 0.02 and ((d == 10) | (d == c)).all()
+    with pytest.raises(ValueError, match=r'\[0, 9\]'): drop_labels(torch.tensor([10]), 0.1, 10)
+    opt = adam_opt()(nn.Linear(2, 2).parameters(), lr=1e-3)
+    assert opt.defaults['eps'] == 1e-5
+    with pytest.raises(ValueError, match='eps'): adam_opt(0)
