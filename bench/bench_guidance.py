@@ -12,7 +12,8 @@ per class the same way (the floor at this N: FID at N=400 is biased upwards). On
 import sys, time
 import torch
 from ddpm_from_scratch.data import fashion_tensors
-from ddpm_from_scratch.guidance import train_cfg, guidance_eval, guidance_table, class_grid
+from ddpm_from_scratch.experiments import train_cfg, guidance_eval, guidance_table
+from ddpm_from_scratch.guidance import class_grid
 
 if __name__ == '__main__':
     torch.set_num_threads(1)
@@ -28,12 +29,12 @@ if __name__ == '__main__':
         from ddpm_from_scratch.fid import ImageEval
         kw['evaluator'] = ImageEval.fashion_mnist('test', n=512, kid_n=512)
     scales = (0., 1., 3.)
-    rows = guidance_eval(run['model'], run['cb'].sched, scales, n_per_class=n_per_class, n_steps=n_steps, **kw)
+    rows = guidance_eval(run['model'], run['cb'].schedule, scales, n_per_class=n_per_class, n_steps=n_steps, **kw)
     print(guidance_table(rows))
     if '--grid' in sys.argv:
         import matplotlib; matplotlib.use('Agg')
         from ddpm_from_scratch.guidance import show_class_grid
         path = sys.argv[sys.argv.index('--grid') + 1]
-        show_class_grid(class_grid(run['model'], run['cb'].sched, scales, n_steps=n_steps), scales).savefig(path, dpi=80, bbox_inches='tight')
+        show_class_grid(class_grid(run['model'], run['cb'].schedule, scales, n_steps=n_steps), scales).savefig(path, dpi=80, bbox_inches='tight')
         print('grid:', path)
     print(f"total {time.time() - t0:.0f}s on {next(run['model'].parameters()).device}, {torch.get_num_threads()} thread(s)")

@@ -12,7 +12,7 @@ import argparse, sys, time
 import torch
 
 from ddpm_from_scratch.data import DataLoaders, fashion_tensors
-from ddpm_from_scratch.init import CONFIGS, diverged, loss_curve, small_unet
+from ddpm_from_scratch.experiments import CONFIGS, diverged, loss_curve, small_unet
 
 
 def main(argv=None):

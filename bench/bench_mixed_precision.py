@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_from_scratch.data import DataLoaders, default_device, fashion_tensors, set_seed
-from ddpm_from_scratch.ddpm import DDPMCB, fashion_unet
-from ddpm_from_scratch.init import adam_opt, init_ddpm
+from ddpm_from_scratch.ddpm import DDPMCB, adam_opt, fashion_unet
+from ddpm_from_scratch.init import init_ddpm
 from ddpm_from_scratch.learner import Callback, DeviceCB, Learner
 from ddpm_from_scratch.mixed import MixedPrecision
 

@@ -53,8 +53,8 @@ def main(argv=None):
     os.environ.setdefault('OMP_NUM_THREADS', str(a.threads))
     import torch
     torch.set_num_threads(a.threads)
-    from ddpm_from_scratch.bench import (bench_samplers, format_table, load_bench_model, new_results, parse_rows,
-                                         train_diffusers)
+    from ddpm_from_scratch.experiments import (bench_samplers, bench_table, load_bench_model, new_results, parse_rows,
+                                               train_diffusers)
     from ddpm_from_scratch.cli import TrainConfig, UserError
 
     try:
@@ -72,7 +72,7 @@ def main(argv=None):
         parts = a.parts or (a.json + '.parts' if a.json else None)
         if a.table_only:
             if res is None: raise UserError('--table-only needs an existing --json file')
-            print(format_table(res))
+            print(bench_table(res))
             if a.grid: write_grid(res, parts, a)
             return 0
         if not a.model: raise UserError('give at least one --model checkpoint (or --train-diffusers OUT)')
@@ -85,7 +85,7 @@ def main(argv=None):
         ev = ImageEval.fashion_mnist('test', device=a.device)
         def save(r):
             if a.json:
-                from ddpm_from_scratch.cli import atomic_write
+                from ddpm_from_scratch.data import atomic_write
                 atomic_write(Path(a.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=1)))
         res = res or new_results(a.n)
         deadline = None if a.max_minutes is None else time.time() + 60 * a.max_minutes
@@ -94,7 +94,7 @@ def main(argv=None):
                                  log=lambda s: print(s, flush=True), parts_dir=parts, deadline=deadline)
             save(res)
         print()
-        print(format_table(res))
+        print(bench_table(res))
         if a.grid: write_grid(res, parts, a)
         if res.get('pending'):
             print(f"\n{len(res['pending'])} row(s) unfinished at the deadline: run the same command again to finish them"

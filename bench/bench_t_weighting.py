@@ -10,7 +10,7 @@ images with the same t and noise in every bucket. Lower is better; the ratio col
 import sys, time
 import torch
 from ddpm_from_scratch.ddpm import band_t_weights
-from ddpm_from_scratch.sampling import compare_t_weighting, t_weighting_table
+from ddpm_from_scratch.experiments import compare_t_weighting, t_weighting_table
 
 if __name__ == '__main__':
     torch.set_num_threads(1)

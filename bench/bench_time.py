@@ -15,7 +15,8 @@ the fraction of images whose noise level read off the image (`noise_std_mad`: me
 import sys, time
 import torch
 from ddpm_from_scratch.data import fashion_tensors
-from ddpm_from_scratch.timesteps import noise_std_mad, time_experiment, time_table
+from ddpm_from_scratch.experiments import time_experiment, time_table
+from ddpm_from_scratch.timesteps import noise_std_mad
 
 if __name__ == '__main__':
     torch.set_num_threads(1)

@@ -6,10 +6,10 @@
 __all__ = ['FASHION_LABELS', 'SPLITS', 'def_device', 'assets_path', 'fashion_arrays', 'fashion_features', 'load_fashion_mnist',
            'load_hub_dataset', 'to_model_range', 'fashion_transform', 'fashion_tensors', 'CollateDict', 'collate_dict',
            'DataLoaders', 'fashion_dls', 'show_image', 'subplots', 'get_grid', 'show_images', 'show_image_batch',
-           'set_seed', 'default_device', 'to_device']
+           'set_seed', 'default_device', 'to_device', 'model_device', 'eval_mode', 'atomic_write']
 
 # %% ../nbs/00_data.ipynb #cb32c28e
-import os, random, socket, urllib.request, urllib.error
+import contextlib, os, random, socket, tempfile, urllib.request, urllib.error
 from importlib.resources import files
 from pathlib import Path
 from collections.abc import Mapping
@@ -239,3 +239,38 @@ def to_device(x, device=None):
         res = [to_device(o, device) for o in x]
         return type(x)(*res) if hasattr(x, '_fields') else type(x)(res)
     return x
+
+# %% ../nbs/00_data.ipynb #4faddf16
+def model_device(model)->torch.device:
+    "The device of `model`'s first parameter (or buffer); the CPU for a model with neither or a plain function."
+    for f in ('parameters', 'buffers'):
+        o = next(iter(getattr(model, f)()), None) if hasattr(model, f) else None
+        if o is not None: return o.device
+    return torch.device('cpu')
+
+@contextlib.contextmanager
+def eval_mode(model):
+    "Put an `nn.Module` in eval mode for the duration of the block, then restore its training flag."
+    was = getattr(model, 'training', None)
+    if hasattr(model, 'eval'): model.eval()
+    try: yield model
+    finally:
+        if was is not None: model.train(was)
+
+def atomic_write(path, # The file to (re)write
+                 write # Called with a temporary path beside `path`; must write the whole file there
+                ):
+    "Write `path` through a temporary file in the same folder and `os.replace`: readers see the old or the new file, never half."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the mode a plain open() would
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError): os.unlink(tmp)
+        raise
+    return path

@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['ABAR_MIN', 'SCHEDULES', 'abar_cos', 'Schedule', 'linear_schedule', 'cosine_schedule', 'plot_schedule',
            'check_t_weights', 'band_t_weights', 'is_continuous', 'alpha_bar_at', 'bcast', 'at', 'randn', 'draw_t',
-           'noisify', 'x0_from_eps', 'eps_from_x0', 'drop_labels', 'predict_noise', 'NoisifyCB', 'DDPMCB',
-           'default_groups', 'check_groups', 'UNet2DTuple', 'fashion_unet', 'adam_opt', 'fit_ddpm', 'NoisifyCollate']
+           'noisify', 'x0_from_eps', 'eps_from_x0', 'check_labels', 'drop_labels', 'predict_noise', 'NoisifyCB',
+           'DDPMCB', 'default_groups', 'check_groups', 'UNet2DTuple', 'fashion_unet', 'adam_opt', 'fit_ddpm',
+           'NoisifyCollate']
 
 # %% ../nbs/05_ddpm_callback.ipynb #b3649db7
 import math, numbers
@@ -305,7 +306,10 @@ def _check_n_classes(n_classes):
         raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
     return int(n_classes)
 
-def _check_labels(c, n_classes:int, allow_none:bool=False)->torch.Tensor:
+def check_labels(c, # Class labels: an int, a list, or an int tensor (B,)
+                 n_classes:int, # Number of real classes
+                 allow_none:bool=False # Also accept the "no class" index `n_classes`
+                )->torch.Tensor:
     "`c` as an int64 tensor (B,), checked to hold classes in [0, n_classes) (or n_classes too if `allow_none`)."
     if isinstance(c, numbers.Integral) and not isinstance(c, bool): c = [c]
     c = torch.as_tensor(c)
@@ -338,7 +342,7 @@ def drop_labels(c:torch.Tensor, # Class labels (B,), int64 in [0, n_classes)
                )->torch.Tensor:
     "A copy of `c` in which each label, independently with probability `p_uncond`, becomes `n_classes` (no class)."
     p, n_classes = _check_p(p_uncond), _check_n_classes(n_classes)
-    c = _check_labels(c, n_classes).to(torch.as_tensor(c).device)
+    c = check_labels(c, n_classes).to(torch.as_tensor(c).device)
     u = torch.rand(c.shape, generator=generator, device=generator.device if generator is not None else c.device).to(c.device)
     return torch.where(u < p, torch.full_like(c, n_classes), c)
 
@@ -395,7 +399,7 @@ class DDPMCB(TrainCB):
         if learn.training:
             c = drop_labels(y, self.p_uncond, self.cond)
             self.n_dropped += int((c == self.cond).sum()); self.n_labels += len(c)
-        else: c = _check_labels(y, self.cond).to(y.device)
+        else: c = check_labels(y, self.cond).to(y.device)
         learn.batch = ((x_t, t, c), eps)
 
     def predict(self, learn): learn.preds = predict_noise(learn.model, *learn.batch[0])
@@ -481,11 +485,12 @@ def fit_ddpm(model, # Noise predictor `model(x_t, t)` (or a `UNet2DTuple` with `
              progress:bool=False, # Progress lines and a live loss plot
              valid:bool=True, # Run the validation part of each epoch
              lr_cb=None, # A learning-rate schedule callback; one-cycle to `lr` if None
+             device=None, # Where to train; `default_device()` if None
             )->Learner:
     "Train a noise predictor with the Learner: MSE on the noise, one-cycle (or `lr_cb`) schedule; returns the Learner."
     cb = DDPMCB() if cb is None else cb
     lr_cb = one_cycle(lr, n_epochs, len(dls.train)) if lr_cb is None else lr_cb
-    all_cbs = [cb, DeviceCB(), lr_cb, *cbs]
+    all_cbs = [cb, DeviceCB(device), lr_cb, *cbs]
     if metrics: all_cbs.append(MetricsCB())
     if progress: all_cbs.append(ProgressCB(plot=True))
     learn = Learner(model, dls, F.mse_loss, lr=lr, cbs=all_cbs, opt_func=adam_opt() if opt_func is None else opt_func)

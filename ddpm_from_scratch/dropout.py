@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifier import accuracy, fashion_classifier, train_classifier
-from .data import fashion_tensors
+from .data import eval_mode, fashion_tensors, model_device
 from .learner import Callback
 
 # %% ../nbs/03_dropout.ipynb #a4483e89
@@ -19,6 +19,7 @@ def _check_p(p):
     if not 0 <= p < 1: raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
     return p
 
+# %% ../nbs/03_dropout.ipynb #09af72d4
 class Dropout(nn.Module):
     "Zero each activation with probability `p` in training and rescale the rest by 1/(1-p); identity in eval."
     def __init__(self, p:float=0.5):
@@ -65,6 +66,12 @@ def compare_dropout(p:float=0.25, # Dropout before the last linear layer, for th
 # %% ../nbs/03_dropout.ipynb #573001d7
 _dropout_types = (nn.Dropout, nn.Dropout2d, Dropout)
 
+# %% ../nbs/03_dropout.ipynb #84a4f202
+def _check_has_dropout(model):
+    if not any(isinstance(m, _dropout_types) for m in model.modules()):
+        raise ValueError("the model has no dropout layers: test-time dropout would do nothing")
+
+# %% ../nbs/03_dropout.ipynb #ce6d56c1
 def set_dropout_train(model:nn.Module, on:bool=True)->int:
     "Put every dropout layer of `model` in training mode (or back to eval); returns how many there are."
     mods = [m for m in model.modules() if isinstance(m, _dropout_types)]
@@ -83,14 +90,12 @@ def ttd_predict(model:nn.Module, # A model with dropout layers
                 bs:int=1000 # Batch size for the passes
                )->tuple:
     "Mean softmax probabilities over `n` passes with dropout on, and the spread of the predicted class's probability."
-    model.eval()
-    if set_dropout_train(model, True) == 0: raise ValueError("the model has no dropout layers: test-time dropout would do nothing")
-    dev = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            probs = torch.stack([torch.cat([model(x[i:i+bs].to(dev)).softmax(-1).cpu() for i in range(0, len(x), bs)])
-                                 for _ in range(n)])                    # (n, N, classes)
-    finally: set_dropout_train(model, False)
+    _check_has_dropout(model)
+    dev = model_device(model)
+    with eval_mode(model), torch.inference_mode():   # eval mode, then dropout back on; the training flags are restored after
+        set_dropout_train(model, True)
+        probs = torch.stack([torch.cat([model(x[i:i+bs].to(dev)).softmax(-1).cpu() for i in range(0, len(x), bs)])
+                             for _ in range(n)])                        # (n, N, classes)
     mean = probs.mean(0)
     pred = mean.argmax(-1)
     spread = probs[:, torch.arange(len(x)), pred].std(0)

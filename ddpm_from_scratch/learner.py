@@ -257,7 +257,7 @@ class ProgressCB(Callback):
             self.ax.plot(np.arange(1, len(self.val_losses) + 1) * n, self.val_losses, 'o-', label='valid')
         self.ax.set_xlabel('batch'); self.ax.set_ylabel('loss'); self.ax.legend()
         if in_notebook():
-            from IPython.display import display
+            from IPython.display import display  # here, not at the top: only reached inside a notebook, where IPython exists
             if self.handle is None: self.handle = display(self.fig, display_id=True)
             else: self.handle.update(self.fig)
         else: self.handle = True

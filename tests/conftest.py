@@ -29,3 +29,12 @@ def make_tiny_unet(seed:int=0, randomise:bool=False, **kwargs)->UNet:
 def tiny_unet():
     "A factory for `make_tiny_unet(seed=0, randomise=False, **UNet kwargs)`."
     return make_tiny_unet
+
+
+from ddpm_from_scratch.ddim import SAMPLERS  # here, not at the top: only the sampler fixture below needs it
+
+
+@pytest.fixture(params=list(SAMPLERS))
+def sampler(request):
+    "Each registered sampler in turn, as `(name, function)`: a test using it runs once per entry of `ddim.SAMPLERS`."
+    return request.param, SAMPLERS[request.param]

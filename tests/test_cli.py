@@ -1,11 +1,13 @@
 "End-to-end tests of the console scripts `ddpm_train`, `ddpm_sample` and `ddpm_eval` on tiny configurations."
-import os, shutil, signal, subprocess, sys, time
+import os, shutil, signal, stat, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm_from_scratch.cli import load_checkpoint, model_from_checkpoint
+from ddpm_from_scratch.cli import (EMACB, TrainConfig, UserError, WarmupEMA, build_model, build_schedule, load_checkpoint,
+                                   model_from_checkpoint, warmup_cosine)
+from ddpm_from_scratch.ddpm import Schedule
 
 TINY = ['--channels', '8,16', '--bs', '64', '--n_train', '256', '--n_steps', '50', '--samples', '4', '--quiet']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'DDPM_DEVICE': 'cpu', 'MPLBACKEND': 'Agg'}
@@ -68,6 +70,8 @@ def test_ddim_eta0_is_reproducible(trained):
     (['--eta', '1.5'], ['--eta', '[0, 1]']),
     (['--sampler', 'euler'], ['--sampler', 'ddpm', 'ddim']),
     (['--n', '0'], ['--n']),
+    (['--steps', '51'], ['--steps', 'T=50']),
+    (['--out', 'grid.xyz'], ['unknown image suffix', '.xyz']),
 ])
 def test_bad_flag_values(trained, args, words):
     assert_user_error(run('ddpm_sample', '--ckpt', 'run', '--quiet', *args, cwd=trained), *words)
@@ -103,10 +107,32 @@ def test_bad_training_flags(trained):
     assert_user_error(run('ddpm_train', '--out', 'x', '--channels', '8,1x', cwd=trained), 'channels')
 
 
-def test_nonfinite_loss_stops_with_message(tmp_path):
-    p = run('ddpm_train', '--out', 'nan', '--epochs', '1', '--lr', '1e12', *TINY, cwd=tmp_path)
+def test_nonfinite_loss_stops_with_message_and_no_empty_folder(tmp_path):
+    p = run('ddpm_train', '--out', 'new/nan', '--epochs', '1', '--lr', '1e12', *TINY, cwd=tmp_path)
     assert p.returncode == 3 and 'Traceback' not in p.stderr
     assert 'nan' in p.stderr.lower() and 'lower learning rate' in p.stderr
+    assert not (tmp_path / 'new').exists()   # the failed run removed the folders it created
+    (tmp_path / 'old').mkdir()
+    assert run('ddpm_train', '--out', 'old', '--epochs', '1', '--lr', '1e12', *TINY, cwd=tmp_path).returncode == 3
+    assert (tmp_path / 'old').is_dir()       # ...but not one that was there before
+
+
+@pytest.mark.parametrize('suffix,magic', [('png', b'\x89PNG'), ('jpg', b'\xff\xd8\xff'), ('JPEG', b'\xff\xd8\xff'), ('bmp', b'BM')])
+def test_sample_writes_the_format_its_name_says(trained, suffix, magic):
+    p = run('ddpm_sample', '--ckpt', 'run', '--n', '2', '--steps', '2', '--out', f'f.{suffix}', '--quiet', cwd=trained)
+    assert p.returncode == 0, p.stderr
+    assert (trained / f'f.{suffix}').read_bytes()[:len(magic)] == magic
+
+
+def test_outputs_get_the_umask_mode(tmp_path):
+    def run_umask(*args):
+        return subprocess.run([cmd(args[0]), *args[1:]], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                              timeout=300, preexec_fn=lambda: os.umask(0o027))
+    assert run_umask('ddpm_train', '--out', 'run', '--epochs', '1', *TINY).returncode == 0
+    assert run_umask('ddpm_sample', '--ckpt', 'run', '--n', '2', '--steps', '2', '--out', 'g.png',
+                     '--tensor', 'g.pt', '--quiet').returncode == 0
+    for f in ('run/checkpoint.pt', 'run/samples.png', 'g.png', 'g.pt'):
+        assert stat.S_IMODE((tmp_path / f).stat().st_mode) == 0o640, f   # 0o666 & ~0o027, not mkstemp's 0o600
 
 
 def test_help_explains_every_flag():
@@ -119,22 +145,26 @@ def test_help_explains_every_flag():
 
 
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
-    "SIGKILL after the first checkpoint leaves it loadable; --resume then ends where an uninterrupted run ends."
-    args = ['--epochs', '3', *TINY]
+    "SIGKILL right after the first checkpoint (strictly before the end); --resume trains the rest and ends where an uninterrupted run ends."
+    args = ['--epochs', '3', '--channels', '8,16', '--bs', '64', '--n_train', '1024', '--n_steps', '50', '--samples', '4', '--quiet']
     assert run('ddpm_train', '--out', 'full', *args, cwd=tmp_path).returncode == 0
     proc = subprocess.Popen([cmd('ddpm_train'), '--out', 'cut', *args], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = tmp_path / 'cut' / 'checkpoint.pt'
     t0 = time.time()
-    while not ck.exists() and proc.poll() is None and time.time() - t0 < 240: time.sleep(0.05)
+    while not ck.exists() and proc.poll() is None and time.time() - t0 < 240: time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)  # freeze it at once: the kill lands right after the first checkpoint
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert ck.exists(), "no checkpoint was written before the kill"
-    done = load_checkpoint(ck)['epoch']
-    assert 1 <= done <= 3
+    cut = load_checkpoint(ck)
+    done = cut['epoch']
+    assert 1 <= done < 3, f"the kill landed after epoch {done}: nothing would be left to resume"
+    a = load_checkpoint(tmp_path / 'full' / 'checkpoint.pt')
+    assert not torch.equal(a['model']['conv_out.weight'], cut['model']['conv_out.weight'])
     p = run('ddpm_train', '--out', 'cut', '--resume', *args, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    a, b = load_checkpoint(tmp_path / 'full' / 'checkpoint.pt'), load_checkpoint(ck)
-    assert b['epoch'] == 3
+    b = load_checkpoint(ck)
+    assert b['epoch'] == 3 and len(b['history']) == 3 and b['history'][:done] == cut['history']
     for k in a['model']: torch.testing.assert_close(a['model'][k], b['model'][k], rtol=1e-4, atol=1e-5)
     for k in a['ema']: torch.testing.assert_close(a['ema'][k], b['ema'][k], rtol=1e-4, atol=1e-5)
     assert a['history'] == pytest.approx(b['history'], rel=1e-4)
@@ -151,9 +181,28 @@ def test_eval_reports_fid_with_floor(trained):
 
 
 def test_warmup_ema_forgets_the_start_quickly():
-    from ddpm_from_scratch.cli import WarmupEMA
     ema = WarmupEMA(0.999)
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.999
     avg, p = torch.zeros(3), torch.ones(3)
     for n in range(200): avg = ema(avg, p, torch.tensor(n))
     assert (avg > 0.9).all()    # a fixed decay of 0.999 would still be at 1 - 0.999**200 = 0.18
+
+
+def test_warmup_cosine():
+    lrs = [warmup_cosine(s, 1.0, 200, 0.1) for s in range(200)]
+    assert lrs[0] == pytest.approx(1 / 20) and lrs[19] == 1.0 and max(lrs) == 1.0
+    assert lrs[20 + 90] == pytest.approx(0.5, abs=0.01)              # half-way through the decay
+    assert all(a >= b for a, b in zip(lrs[19:], lrs[20:])) and lrs[-1] < 1e-3
+    assert warmup_cosine(500, 1.0, 200, 0.1) == 0.                    # past the end
+
+
+def test_config_is_the_single_source_of_truth():
+    cfg = TrainConfig(channels=(8, 16), n_steps=50, schedule='cosine', n_classes=10)
+    m = build_model(cfg)
+    assert m.n_classes == 10 and m.config['groups'] == 4               # ddpm.default_groups((8, 16))
+    s = build_schedule(cfg)
+    assert torch.allclose(s.alpha_bar, Schedule.cosine(50).alpha_bar)
+    assert torch.allclose(build_schedule(TrainConfig(n_steps=50)).beta, Schedule.linear(n_steps=50).beta)
+    for bad in (dict(schedule='quadratic'), dict(n_classes=0), dict(p_uncond=2.), dict(warmup=1.), dict(n_train=8, bs=64)):
+        with pytest.raises(UserError): TrainConfig(**bad)
+    with pytest.raises(UserError, match='channels'): build_model(TrainConfig(channels=(3, 5)))

@@ -1,5 +1,6 @@
 import multiprocessing as mp
 import pickle, time
+from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -85,3 +86,17 @@ def test_hub_name_offline_fails_fast_and_clearly(monkeypatch):
 def test_to_device_nested():
     b = to_device((torch.zeros(1), {'a': [torch.ones(2)]}), torch.device('cpu'))
     assert isinstance(b, tuple) and isinstance(b[1]['a'], list) and b[1]['a'][0].device.type == 'cpu'
+
+
+def test_to_device_moves_every_tensor():
+    "On the 'meta' device a `to_device` that did nothing would leave CPU tensors behind (CPU -> CPU proves nothing)."
+    P = namedtuple('P', 'x n')
+    batch = {'a': (torch.zeros(2), [torch.ones(1), P(torch.ones(3), 5)]), 'b': 3, 's': 'text'}
+    out = to_device(batch, 'meta')
+    assert type(out) is dict and type(out['a']) is tuple and type(out['a'][1]) is list and type(out['a'][1][1]) is P
+    tensors = [out['a'][0], out['a'][1][0], out['a'][1][1].x]
+    assert all(t.device.type == 'meta' for t in tensors)
+    assert [t.shape for t in tensors] == [(2,), (1,), (3,)]
+    assert out['a'][1][1].n == 5 and out['b'] == 3 and out['s'] == 'text'       # non-tensors untouched
+    assert batch['a'][0].device.type == 'cpu'                                    # the input is not modified
+    assert to_device(torch.zeros(2), torch.device('meta')).device.type == 'meta'

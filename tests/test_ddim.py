@@ -7,14 +7,11 @@ from torch import nn
 
 import ddpm_from_scratch.ddim as ddim_mod
 from ddpm_from_scratch.data import DataLoaders
-from ddpm_from_scratch.ddim import (ABAR_MIN, ContinuousDDPMCB, DatasetDenoiser, NoiseOracle, abar_cos, cnoisify,
-                                    ddim, ddim_sample, ddim_sigma, ddim_step, ddim_timesteps, ddpm, denoisify,
-                                    time_grid)
-from ddpm_from_scratch.ddpm import linear_schedule
+from ddpm_from_scratch.ddim import (SAMPLERS, DatasetDenoiser, NoiseOracle, ddim_sample, ddim_sigma, ddim_step,
+                                    ddim_timesteps, generate, get_sampler, sample, sampler_options, time_grid)
+from ddpm_from_scratch.ddpm import DDPMCB, abar_cos, alpha_bar_at, linear_schedule, noisify, x0_from_eps
 from ddpm_from_scratch.learner import Callback, Learner, SingleBatchCB
-from ddpm_from_scratch.sampling import posterior_coefs, sample
-
-torch.set_num_threads(1)
+from ddpm_from_scratch.sampling import KeepSteps, ddpm_sample, posterior_coefs
 
 
 def images(n=4, size=8, seed=0):
@@ -82,12 +79,12 @@ def test_quadratic_collisions_are_repaired():
     assert ts[-1] == 999
 
 
-@pytest.mark.parametrize('kw,msg', [(dict(n_steps=0), 'positive int'), (dict(n_steps=1001), 'n_steps <= 1000'),
-                                    (dict(n_steps=2.5), 'positive int'), (dict(n_steps=True), 'positive int'),
+@pytest.mark.parametrize('kw,msg', [(dict(steps=0), 'positive int'), (dict(steps=1001), 'steps <= 1000'),
+                                    (dict(steps=2.5), 'positive int'), (dict(steps=True), 'positive int'),
                                     (dict(spacing='cosine'), 'spacing must be one of'),
-                                    (dict(n_train_steps=0), 'n_train_steps must be')])
+                                    (dict(n_steps=0), 'n_steps must be')])
 def test_timesteps_validation(kw, msg):
-    with pytest.raises(ValueError, match=msg): ddim_timesteps(**{'n_steps': 10, **kw})
+    with pytest.raises(ValueError, match=msg): ddim_timesteps(**{'steps': 10, **kw})
 
 
 # ---------------------------------------------------------------- one DDIM step
@@ -96,17 +93,13 @@ def test_step_with_true_noise_gives_exact_x0():
     s = linear_schedule()
     x0 = images()
     for t, tp in [(999, 888), (500, 499), (10, 0), (0, -1)]:
-        (x_t, _), eps = ddpm_noisify(x0, s.alpha_bar, t)
-        x_prev, x0_hat = ddim_step(x_t, t, tp, eps, s.alpha_bar, eta=0.)
+        (x_t, _), eps = noisify(x0, s, t)
+        x_prev, x0_hat = ddim_step(x_t, t, tp, eps, s, eta=0.)
         assert (x0_hat - x0).abs().max() < 1e-4, t
         # eta=0: x_prev is x0 noised to t_prev with the same noise
         ab_p = 1. if tp < 0 else s.alpha_bar[tp].double()
         expected = math.sqrt(ab_p) * x0 + math.sqrt(1 - ab_p) * eps
         assert (x_prev - expected).abs().max() < 1e-4, t
-
-def ddpm_noisify(x0, alpha_bar, t):
-    from ddpm_from_scratch.ddpm import noisify
-    return noisify(x0, alpha_bar, t)
 
 
 def test_eta1_all_steps_is_the_ddpm_posterior():
@@ -165,8 +158,11 @@ def test_step_validation():
     with pytest.raises(ValueError, match='eta'): ddim_step(x, 10, 5, e, s.alpha_bar, eta=float('nan'))
     with pytest.raises(ValueError, match='smaller than t'): ddim_step(x, 10, 10, e, s.alpha_bar)
     with pytest.raises(ValueError, match='not -1'): ddim_step(x, -1, -1, e, s.alpha_bar)
-    with pytest.raises(ValueError, match=r'\[-1, 1000\)'): ddim_step(x, 1000, 5, e, s.alpha_bar)
-    with pytest.raises(TypeError, match='integer'): ddim_step(x, 0.5, 0.2, e, s.alpha_bar)
+    with pytest.raises(ValueError, match=r'\[0, 1000\)'): ddim_step(x, 1000, 5, e, s.alpha_bar)
+    with pytest.raises(ValueError, match=r'\[-1, T\)'): ddim_step(x, 10, -2, e, s.alpha_bar)
+    with pytest.raises(TypeError, match='int'): ddim_step(x, 0.5, 0.2, e, s.alpha_bar)
+    with pytest.raises(ValueError, match=r'\[0, 1\]'): ddim_step(x, 10, 5, e, abar_cos)
+    with pytest.raises(ValueError, match='eps_pred has shape'): ddim_step(x, 10, 5, e[..., :1], s)
 
 
 # ---------------------------------------------------------------- the discrete sampler
@@ -176,46 +172,46 @@ def test_step_validation():
 def test_ddim_sample_with_oracle_returns_x0(n, spacing, eta):
     s = linear_schedule()
     x0 = images()
-    out = ddim_sample(NoiseOracle(x0, s.alpha_bar), None, s, n, eta, spacing, x_T=noise(x0.shape, 5),
+    out = ddim_sample(NoiseOracle(x0, s.alpha_bar), noise(x0.shape, 5), s, steps=n, eta=eta, spacing=spacing,
                       generator=torch.Generator().manual_seed(0), progress=False)
     assert (out - x0).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize('n,spacing', [(10, 'uniform'), (17, 'quadratic'), (1, 'uniform')])
 def test_ddim_sample_visits_the_documented_steps(n, spacing):
-    spy = Spy()
-    ddim_sample(spy, (3, 1, 4, 4), linear_schedule(), n, spacing=spacing, progress=False)
+    spy, seen = Spy(), []
+    ddim_sample(spy, (3, 1, 4, 4), linear_schedule(), steps=n, spacing=spacing, progress=False, callback=seen.append)
     assert len(spy.ts) == n
     assert all(t.dtype == torch.int64 and t.shape == (3,) for t in spy.ts)
-    assert [int(t[0]) for t in spy.ts] == ddim_timesteps(n, 1000, spacing).tolist()
+    assert [int(t[0]) for t in spy.ts] == ddim_timesteps(n, 1000, spacing).tolist() == [d['t'] for d in seen]
 
 
 def test_ddim_eta0_is_deterministic_given_x_T():
     s, m = linear_schedule(), TinyNet()
     x_T = noise((2, 1, 8, 8), 0)
-    a = ddim_sample(m, (2, 1, 8, 8), s, 20, x_T=x_T, generator=torch.Generator().manual_seed(1), progress=False)
-    b = ddim_sample(m, (2, 1, 8, 8), s, 20, x_T=x_T.clone(), generator=torch.Generator().manual_seed(2), progress=False)
+    a = ddim_sample(m, x_T, s, steps=20, generator=torch.Generator().manual_seed(1), progress=False)
+    b = ddim_sample(m, x_T.clone(), s, steps=20, generator=torch.Generator().manual_seed(2), progress=False)
     assert torch.equal(a, b)
-    c = ddim_sample(m, (2, 1, 8, 8), s, 20, x_T=noise((2, 1, 8, 8), 9), progress=False)
+    c = ddim_sample(m, noise((2, 1, 8, 8), 9), s, steps=20, progress=False)
     assert not torch.allclose(a, c)
     # eta > 0: the generator matters, and the same seed reproduces
-    e1 = [ddim_sample(m, (2, 1, 8, 8), s, 20, eta=1., x_T=x_T, generator=torch.Generator().manual_seed(k), progress=False)
+    e1 = [ddim_sample(m, x_T, s, steps=20, eta=1., generator=torch.Generator().manual_seed(k), progress=False)
           for k in (1, 1, 2)]
     assert torch.equal(e1[0], e1[1]) and not torch.allclose(e1[0], e1[2])
 
 
 def test_ddim_sample_draws_x_T_from_generator():
     s, m = linear_schedule(), TinyNet()
-    a = ddim_sample(m, (2, 1, 8, 8), s, 5, generator=torch.Generator().manual_seed(3), progress=False)
-    b = ddim_sample(m, (2, 1, 8, 8), s, 5, x_T=noise((2, 1, 8, 8), 3), progress=False)
+    a = ddim_sample(m, (2, 1, 8, 8), s, steps=5, generator=torch.Generator().manual_seed(3), progress=False)
+    b = ddim_sample(m, noise((2, 1, 8, 8), 3), s, steps=5, progress=False)
     assert torch.equal(a, b)
 
 
 def test_ddim_eta1_all_steps_matches_reference_ddpm_loop():
     "DDIM with eta=1 over every step is DDPM ancestral sampling with the posterior variance (beta tilde)."
-    s, m = linear_schedule(beta_max=0.2, n_steps=100), TinyNet()
+    s, m = linear_schedule(n_steps=100), TinyNet()
     x_T = noise((2, 1, 8, 8), 0)
-    out = ddim_sample(m, None, s, 100, eta=1., x_T=x_T, generator=torch.Generator().manual_seed(7), progress=False)
+    out = ddim_sample(m, x_T, s, steps=100, eta=1., generator=torch.Generator().manual_seed(7), progress=False)
     # an independent, plain loop over the posterior q(x_{t-1} | x_t, x0_hat)
     g = torch.Generator().manual_seed(7)
     ab, al, be = (v.double() for v in (s.alpha_bar, s.alpha, s.beta))
@@ -231,8 +227,8 @@ def test_ddim_eta1_all_steps_matches_reference_ddpm_loop():
             x = mean + ((1 - abp) / (1 - ab[t]) * be[t]).sqrt() * z
     torch.testing.assert_close(out, x.float(), rtol=1e-4, atol=1e-4)
     # and the package's own DDPM sampler with the posterior variance, from the same seed
-    ref = sample(m, (2, 1, 8, 8), s, generator=torch.Generator().manual_seed(7), variance='posterior', progress=False)
-    out2 = ddim_sample(m, (2, 1, 8, 8), s, 100, eta=1., generator=torch.Generator().manual_seed(7), progress=False)
+    ref = ddpm_sample(m, (2, 1, 8, 8), s, generator=torch.Generator().manual_seed(7), variance='posterior', progress=False)
+    out2 = ddim_sample(m, (2, 1, 8, 8), s, steps=100, eta=1., generator=torch.Generator().manual_seed(7), progress=False)
     torch.testing.assert_close(out2, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -242,18 +238,25 @@ def test_ddim_sample_restores_training_mode_and_unwraps_outputs():
     class Wrapped(TinyNet):
         def forward(self, x, t): return Out(super().forward(x, t))
     m = Wrapped().train()
-    out = ddim_sample(m, (1, 1, 8, 8), linear_schedule(), 3, progress=False)
+    out = ddim_sample(m, (1, 1, 8, 8), linear_schedule(), steps=3, progress=False)
     assert m.training and out.shape == (1, 1, 8, 8) and out.abs().max() <= 1
+
+
+def test_ddim_sample_accepts_alpha_bar_tensor():
+    s, m = linear_schedule(n_steps=50), TinyNet()
+    a = ddim_sample(m, noise((1, 1, 8, 8), 0), s, steps=10, progress=False)
+    b = ddim_sample(m, noise((1, 1, 8, 8), 0), s.alpha_bar, steps=10, progress=False)
+    torch.testing.assert_close(a, b)
 
 
 def test_ddim_sample_validation():
     s, m = linear_schedule(n_steps=50), TinyNet()
-    with pytest.raises(TypeError, match='Schedule'): ddim_sample(m, (1, 1, 8, 8), s.alpha_bar, 10)
-    with pytest.raises(ValueError, match='n_steps <= 50'): ddim_sample(m, (1, 1, 8, 8), s, 51)
-    with pytest.raises(ValueError, match='eta'): ddim_sample(m, (1, 1, 8, 8), s, 10, eta=-0.1)
-    with pytest.raises(ValueError, match='spacing'): ddim_sample(m, (1, 1, 8, 8), s, 10, spacing='log')
-    with pytest.raises(ValueError, match='x_T has shape'): ddim_sample(m, (2, 1, 8, 8), s, 10, x_T=torch.zeros(1, 1, 8, 8))
-    with pytest.raises(ValueError, match='shape must be'): ddim_sample(m, (2, 0, 8, 8), s, 10)
+    with pytest.raises(TypeError, match='schedule must be'): ddim_sample(m, (1, 1, 8, 8), 'linear', steps=10)
+    with pytest.raises(ValueError, match='steps <= 50'): ddim_sample(m, (1, 1, 8, 8), s, steps=51)
+    with pytest.raises(ValueError, match='eta'): ddim_sample(m, (1, 1, 8, 8), s, steps=10, eta=-0.1)
+    with pytest.raises(ValueError, match='spacing'): ddim_sample(m, (1, 1, 8, 8), s, steps=10, spacing='log')
+    with pytest.raises(ValueError, match='shape of positive ints'): ddim_sample(m, (2, 0, 8, 8), s, steps=10)
+    with pytest.raises(TypeError, match='positional'): ddim_sample(m, (2, 1, 8, 8), s, 10)  # options are keywords
 
 
 # ---------------------------------------------------------------- continuous time
@@ -263,154 +266,187 @@ def test_abar_cos_shape_of_the_curve():
     a = abar_cos(t)
     assert a[0] == 1 and (a > 0).all() and (a <= 1).all()
     assert (a.diff() < 0).all()  # strictly decreasing, no flat clamped tail
-    assert abs(a[-1].item() - ABAR_MIN) < 1e-12 and a[-1] <= 1e-4
-    assert (a - torch.cos(t * math.pi / 2) ** 2).abs().max() <= ABAR_MIN + 1e-12
-    assert abs(abar_cos(0.5).item() - (0.5 + ABAR_MIN / 2)) < 1e-6
+    assert abs(a[-1].item() - 1e-4) < 1e-12
+    assert (a - torch.cos(t * math.pi / 2) ** 2).abs().max() <= 1e-4 + 1e-12
+    assert abs(abar_cos(0.5).item() - (0.5 + 1e-4 / 2)) < 1e-6
     assert abar_cos(torch.tensor([0., 1.])).dtype == torch.float32
 
 
-def test_abar_cos_validation():
-    with pytest.raises(ValueError, match=r'\[0, 1\]'): abar_cos(torch.tensor([0.5, 1.2]))
-    with pytest.raises(ValueError, match=r'\[0, 1\]'): abar_cos(-0.1)
-    with pytest.raises(TypeError, match='continuous time'): abar_cos(torch.tensor([500]))
-    with pytest.raises(ValueError, match='abar_min'): abar_cos(0.5, abar_min=0)
-
-
-def test_cnoisify_and_denoisify():
+def test_continuous_noisify_and_x0_from_eps():
     x0 = images(64, 8)
-    (x_t, t), eps = cnoisify(x0, generator=torch.Generator().manual_seed(0))
-    assert x_t.shape == x0.shape == eps.shape and t.shape == (64,) and t.dtype == torch.float32
+    (x_t, t), eps = noisify(x0, abar_cos, generator=torch.Generator().manual_seed(0))
+    assert x_t.shape == x0.shape == eps.shape and t.shape == (64,) and t.is_floating_point()
     assert (t >= 0).all() and (t < 1).all() and t.std() > 0.2
     a = abar_cos(t).reshape(-1, 1, 1, 1)
     torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * eps)
     keep = t < 0.95
-    torch.testing.assert_close(denoisify(x_t, eps, t)[keep], x0[keep], rtol=0, atol=1e-4)
+    torch.testing.assert_close(x0_from_eps(x_t, eps, alpha_bar_at(abar_cos, t))[keep], x0[keep], rtol=0, atol=1e-4)
     # the same generator reproduces t and the noise
-    (x2, t2), e2 = cnoisify(x0, generator=torch.Generator().manual_seed(0))
+    (x2, t2), e2 = noisify(x0, abar_cos, generator=torch.Generator().manual_seed(0))
     assert torch.equal(t, t2) and torch.equal(eps, e2)
     # at t=1 the image is (almost) pure noise; at t=0 it is the image
-    (x1, _), e1 = cnoisify(x0, 1.)
+    (x1, _), e1 = noisify(x0, abar_cos, 1.)
     assert (x1 - e1).abs().max() < 0.02
-    (xz, tz), _ = cnoisify(x0, 0.)
+    (xz, tz), _ = noisify(x0, abar_cos, 0.)
     assert torch.equal(xz, x0) and (tz == 0).all()
-
-
-def test_cnoisify_validation():
-    x0 = images(2, 4)
-    with pytest.raises(TypeError, match='continuous time'): cnoisify(x0, torch.tensor([3, 400]))
-    with pytest.raises(ValueError, match=r'shape \(2,\)'): cnoisify(x0, torch.tensor([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match=r'\[0, 1\]'): cnoisify(x0, 1.5)
-    with pytest.raises(TypeError, match='x0'): cnoisify(x0.long())
+    with pytest.raises(TypeError, match='continuous time'): noisify(x0[:2], abar_cos, torch.tensor([3, 400]))
+    with pytest.raises(ValueError, match=r'\[0, 1\]'): noisify(x0[:2], abar_cos, 1.5)
 
 
 def test_continuous_callback_trains_with_float_t():
+    "DDPMCB given an alpha-bar function: the model sees float t in [0, 1), and the target is the noise."
     seen = []
     class Rec(nn.Module):
         def __init__(self): super().__init__(); self.c = nn.Conv2d(1, 1, 3, padding=1)
         def forward(self, x, t): seen.append(t.detach().clone()); return self.c(x)
     class Grab(Callback):
         order = 100
-        def after_loss(self, learn): self.eps, self.preds, self.loss = learn.batch[1], learn.preds, learn.loss
+        def after_loss(self, learn): self.x_t, self.eps, self.preds, self.loss = learn.batch[0][0], learn.batch[1], learn.preds, learn.loss
     x = images(16, 8)
     dls = DataLoaders.from_tensors((x,), (x,), 8)
-    cb, grab = ContinuousDDPMCB(t_scale=1000.), Grab()
-    assert cb.n_inp == 1
+    cb, grab = DDPMCB(abar_cos), Grab()
     Learner(Rec(), dls, F.mse_loss, lr=1e-3, cbs=[cb, grab, SingleBatchCB()]).fit(1)
     t = seen[0]
-    assert t.is_floating_point() and t.shape == (8,) and (t >= 0).all() and (t < 1000).all() and t.max() > 1
+    assert t.is_floating_point() and t.shape == (8,) and (t >= 0).all() and (t < 1).all() and t.std() > 0.1
     torch.testing.assert_close(grab.loss, F.mse_loss(grab.preds, grab.eps))  # the target is the noise
+    a = bcast_(abar_cos(t.double()), grab.x_t)
+    assert not torch.allclose(grab.eps, grab.x_t) and (grab.x_t - (1 - a).sqrt() * grab.eps).abs().max() <= a.sqrt().max() + 1e-5
+
+def bcast_(a, x): return a.float().reshape(-1, *[1] * (x.ndim - 1))
 
 
-@pytest.mark.parametrize('sampler,kw', [(ddpm, {}), (ddim, {}), (ddim, dict(eta=1.)), (ddim, dict(eta=0.3))])
+@pytest.mark.parametrize('eta,spacing', [(0., 'uniform'), (1., 'uniform'), (0.3, 'uniform'), (0., 'quadratic'), (1., 'quadratic')])
 @pytest.mark.parametrize('n', [1, 2, 10, 100])
-def test_continuous_samplers_with_oracle_return_x0(sampler, kw, n):
+def test_continuous_sampler_with_oracle_returns_x0(eta, spacing, n):
     x0 = images()
-    out = sampler(NoiseOracle(x0, abar_cos), None, n_steps=n, x_T=noise(x0.shape, 1), progress=False,
-                  generator=torch.Generator().manual_seed(0), **kw)
+    out = ddim_sample(NoiseOracle(x0, abar_cos), noise(x0.shape, 1), abar_cos, steps=n, eta=eta, spacing=spacing,
+                      progress=False, generator=torch.Generator().manual_seed(0))
     assert (out - x0).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize('sampler', [ddpm, ddim])
-@pytest.mark.parametrize('n,t_scale', [(1, 1.), (10, 1.), (25, 1000.)])
-def test_continuous_time_grid_seen_by_the_model(sampler, n, t_scale):
-    spy = Spy()
-    sampler(spy, (3, 1, 4, 4), n_steps=n, t_scale=t_scale, progress=False)
+@pytest.mark.parametrize('eta', [0., 1.])
+@pytest.mark.parametrize('n', [1, 10, 25])
+def test_continuous_time_grid_seen_by_the_model(eta, n):
+    spy, seen = Spy(), []
+    ddim_sample(spy, (3, 1, 4, 4), abar_cos, steps=n, eta=eta, progress=False, callback=seen.append)
     assert len(spy.ts) == n
-    seen = torch.stack([t[0] for t in spy.ts]).double()
+    ts = torch.stack([t[0] for t in spy.ts]).double()
     assert all(t.is_floating_point() and t.shape == (3,) for t in spy.ts)
-    assert seen[0] == t_scale  # starts at t = 1
-    assert abs(seen[-1] / t_scale - 1 / n) < 1e-6  # ends next to 0: the last jump lands on t = 0
-    torch.testing.assert_close(seen / t_scale, time_grid(n)[:-1], rtol=0, atol=1e-6)
-    assert time_grid(n)[0] == 1 and time_grid(n)[-1] == 0
+    assert ts[0] == 1  # starts at t = 1
+    assert abs(ts[-1] - 1 / n) < 1e-6  # ends next to 0: the last jump lands on t = 0
+    torch.testing.assert_close(ts, time_grid(n)[:-1], rtol=0, atol=1e-6)
+    assert time_grid(n)[0] == 1 and time_grid(n)[-1] == 0 and seen[-1]['t'] == time_grid(n)[-2].item() and seen[-1]['i'] == n - 1
+    q = time_grid(n, 'quadratic')
+    assert q[0] == 1 and q[-1] == 0 and (q.diff() < 0).all() and (n == 1 or q[-2] < 1 / n)
 
 
-def test_continuous_ddim_eta1_equals_ddpm():
+def test_continuous_ddim_eta1_is_the_ddpm_posterior_loop():
+    "Continuous-time DDPM is ddim_sample(eta=1): compare with a plain loop over the posterior q(x_s | x_t, x0_hat)."
     m, x_T = TinyNet(), noise((2, 1, 8, 8), 0)
     for clip in (True, False):
-        a = ddpm(m, None, 30, x_T=x_T, generator=torch.Generator().manual_seed(4), clip=clip, progress=False)
-        b = ddim(m, None, 30, eta=1., x_T=x_T, generator=torch.Generator().manual_seed(4), clip=clip, progress=False)
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    c = ddim(m, None, 30, eta=0., x_T=x_T, progress=False)
-    assert not torch.allclose(a, c, atol=1e-2)
+        out = ddim_sample(m, x_T, abar_cos, steps=30, eta=1., generator=torch.Generator().manual_seed(4), clip=clip, progress=False)
+        g, x = torch.Generator().manual_seed(4), x_T.double()
+        ts = torch.linspace(1, 0, 31, dtype=torch.float64)
+        with torch.no_grad():
+            for k, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+                eps = m(x.float(), torch.full((2,), t.item())).double()
+                a_t, a_s = abar_cos(t), abar_cos(s)
+                x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+                if clip: x0 = x0.clamp(-1, 1)
+                al = a_t / a_s; be = 1 - al
+                mean = a_s.sqrt() * be / (1 - a_t) * x0 + al.sqrt() * (1 - a_s) / (1 - a_t) * x
+                if k == 29: x = mean; break  # the last jump (to t=0) adds no noise
+                x = mean + ((1 - a_s) / (1 - a_t) * be).sqrt() * torch.randn(x.shape, generator=g).double()
+        torch.testing.assert_close(out, x.float(), rtol=1e-4, atol=1e-4)
+    c = ddim_sample(m, x_T, abar_cos, steps=30, eta=0., progress=False)
+    assert not torch.allclose(out, c, atol=1e-2)
 
 
-def test_continuous_ddim_eta0_deterministic_and_callback_sample():
+def test_continuous_ddim_eta0_deterministic():
     m, x_T = TinyNet(), noise((2, 1, 8, 8), 0)
-    a = ddim(m, None, 15, x_T=x_T, generator=torch.Generator().manual_seed(1), progress=False)
-    b = ddim(m, None, 15, x_T=x_T, generator=torch.Generator().manual_seed(2), progress=False)
+    a = ddim_sample(m, x_T, abar_cos, steps=15, generator=torch.Generator().manual_seed(1), progress=False)
+    b = ddim_sample(m, x_T, abar_cos, steps=15, generator=torch.Generator().manual_seed(2), progress=False)
     assert torch.equal(a, b)
-    c = ContinuousDDPMCB().sample(m, None, n_steps=15, x_T=x_T, progress=False)
-    assert torch.equal(a, c)
 
 
 def test_continuous_sampler_validation():
     m = TinyNet()
-    with pytest.raises(ValueError, match='n_steps'): ddim(m, (1, 1, 4, 4), n_steps=0)
-    with pytest.raises(ValueError, match='n_steps'): ddpm(m, (1, 1, 4, 4), n_steps=2.5)
-    with pytest.raises(ValueError, match='eta'): ddim(m, (1, 1, 4, 4), eta=2.)
-    with pytest.raises(ValueError, match='x_T has shape'): ddpm(m, (2, 1, 4, 4), x_T=torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match='steps'): ddim_sample(m, (1, 1, 4, 4), abar_cos, steps=0)
+    with pytest.raises(ValueError, match='steps'): ddim_sample(m, (1, 1, 4, 4), abar_cos, steps=2.5)
+    with pytest.raises(ValueError, match='eta'): ddim_sample(m, (1, 1, 4, 4), abar_cos, eta=2.)
+    with pytest.raises(ValueError, match='shape of positive ints'): ddim_sample(m, (2, 0, 4, 4), abar_cos)
 
 
 # ---------------------------------------------------------------- the two "deep-fried" bugs
 
-def oracle_error(sampler, n=20):
+def oracle_error(n=20):
     x0 = images()
-    out = sampler(NoiseOracle(x0, abar_cos), None, n_steps=n, x_T=noise(x0.shape, 1), progress=False)
+    out = ddim_sample(NoiseOracle(x0, abar_cos), noise(x0.shape, 1), abar_cos, steps=n, progress=False)
     return (out - x0).abs().max().item()
 
 
-@pytest.mark.parametrize('sampler', ['ddpm', 'ddim'])
-def test_bug1_random_noise_in_denoisify_is_caught(monkeypatch, sampler):
-    "Bug 1: denoisify fed torch.randn instead of the predicted noise. The oracle test above fails on it."
-    good = denoisify
-    assert oracle_error(getattr(ddim_mod, sampler)) < 1e-4
-    monkeypatch.setattr(ddim_mod, 'denoisify', lambda x_t, eps, t, abar=abar_cos: good(x_t, torch.randn_like(eps), t, abar))
-    assert not oracle_error(getattr(ddim_mod, sampler)) < 1e-4
+@pytest.mark.parametrize('eta', [0., 1.])
+def test_bug1_random_noise_for_x0_hat_is_caught(monkeypatch, eta):
+    "Bug 1: x0_hat computed from torch.randn instead of the predicted noise. The oracle test above fails on it."
+    good = x0_from_eps
+    x0 = images()
+    run = lambda: (ddim_sample(NoiseOracle(x0, abar_cos), noise(x0.shape, 1), abar_cos, steps=20, eta=eta, progress=False) - x0).abs().max().item()
+    assert run() < 1e-4
+    monkeypatch.setattr(ddim_mod, 'x0_from_eps', lambda x_t, eps, abar_t: good(x_t, torch.randn_like(eps), abar_t))
+    assert not run() < 1e-4
 
 
-@pytest.mark.parametrize('sampler', ['ddpm', 'ddim'])
-def test_bug2_last_step_at_t1_is_caught(monkeypatch, sampler):
-    "Bug 2: the last step used t=1 instead of t=0. Both the oracle test and the time-grid test fail on it."
+def test_bug2_last_step_at_t1_is_caught(monkeypatch):
+    "Bug 2: the last step used t=1 instead of t=0. The step's check refuses it; the time-grid test catches the other variant."
     good = time_grid
-    monkeypatch.setattr(ddim_mod, 'time_grid', lambda n: torch.cat([good(n)[:-1], torch.ones(1, dtype=torch.float64)]))
-    assert not oracle_error(getattr(ddim_mod, sampler)) < 1e-4  # far off (ddim), or NaN (ddpm: a negative variance)
+    monkeypatch.setattr(ddim_mod, 'time_grid', lambda n, spacing='uniform': torch.cat([good(n, spacing)[:-1], torch.ones(1, dtype=torch.float64)]))
+    with pytest.raises(ValueError, match='t_prev must be smaller'): oracle_error()
     # the variant where the model itself is called at t=1 for the last step
-    monkeypatch.setattr(ddim_mod, 'time_grid', lambda n: torch.cat([good(n)[:-2], torch.tensor([1., 0.], dtype=torch.float64)]))
-    spy = Spy()
-    getattr(ddim_mod, sampler)(spy, (1, 1, 4, 4), n_steps=10, progress=False)
-    assert spy.ts[-1][0] == 1  # what test_continuous_time_grid_seen_by_the_model asserts against (it wants 1/n)
+    monkeypatch.setattr(ddim_mod, 'time_grid', lambda n, spacing='uniform': torch.cat([good(n, spacing)[:-2], torch.tensor([1., 0.], dtype=torch.float64)]))
+    with pytest.raises(ValueError, match='t_prev must be smaller'): ddim_sample(Spy(), (1, 1, 4, 4), abar_cos, steps=10, progress=False)
 
 
 # ---------------------------------------------------------------- the perfect memoriser
 
 def test_dataset_denoiser_samples_training_images():
     data = images(6, 8, seed=3)
-    for out in (ddim(DatasetDenoiser(data, abar_cos), (4, 1, 8, 8), 10, generator=torch.Generator().manual_seed(0), progress=False),
-                ddim_sample(DatasetDenoiser(data, linear_schedule().alpha_bar), (4, 1, 8, 8), linear_schedule(), 10,
+    for out in (ddim_sample(DatasetDenoiser(data, abar_cos), (4, 1, 8, 8), abar_cos, steps=10, generator=torch.Generator().manual_seed(0), progress=False),
+                ddim_sample(DatasetDenoiser(data, linear_schedule()), (4, 1, 8, 8), linear_schedule(), steps=10,
                             generator=torch.Generator().manual_seed(0), progress=False)):
         d = torch.cdist(out.flatten(1), data.flatten(1)).min(1).values
         assert d.max() < 1e-3
     # with a single image it is the oracle
     one = data[:1]
-    (x_t, t), eps = cnoisify(one, 0.7, generator=torch.Generator().manual_seed(0))
+    (x_t, t), eps = noisify(one, abar_cos, 0.7, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(DatasetDenoiser(one, abar_cos)(x_t, t), NoiseOracle(one, abar_cos)(x_t, t))
+
+
+# ---------------------------------------------------------------- the registry
+
+def test_registry_names_options_and_dispatch():
+    assert SAMPLERS == {'ddpm': ddpm_sample, 'ddim': ddim_sample} and get_sampler('ddim') is ddim_sample
+    assert sampler_options('ddpm') == dict(clip=True, variance='beta')
+    assert sampler_options('ddim') == dict(steps=50, eta=0., spacing='uniform', clip=True)
+    with pytest.raises(ValueError, match=r"one of \['ddpm', 'ddim'\]"): get_sampler('plms')
+    s, m = linear_schedule(n_steps=20), TinyNet()
+    a = sample(m, (2, 1, 8, 8), s, 'ddim', steps=5, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(a, ddim_sample(m, (2, 1, 8, 8), s, steps=5, generator=torch.Generator().manual_seed(0), progress=False))
+    b = sample(m, (2, 1, 8, 8), s, generator=torch.Generator().manual_seed(0), progress=False)  # DDPM by default
+    torch.testing.assert_close(b, ddpm_sample(m, (2, 1, 8, 8), s, generator=torch.Generator().manual_seed(0), progress=False))
+    with pytest.raises(TypeError, match=r"no option 'steps'.*'variance'"): sample(m, (2, 1, 8, 8), s, 'ddpm', steps=5)
+
+
+def test_generate_batches_seed_and_errors():
+    s, m = linear_schedule(n_steps=20), TinyNet().train()
+    a = generate(m, s, 5, 'ddim', seed=3, bs=2, progress=False, img_shape=(1, 8, 8), steps=4, eta=1.)
+    assert a.shape == (5, 1, 8, 8) and a.dtype == torch.float32 and a.device.type == 'cpu' and a.abs().max() <= 1
+    assert m.training  # the sampler restored the mode
+    g = torch.Generator().manual_seed(3)  # the same as sampling the batches one after another from one generator
+    ref = torch.cat([ddim_sample(m, (k, 1, 8, 8), s, steps=4, eta=1., generator=g, progress=False) for k in (2, 2, 1)])
+    torch.testing.assert_close(a, ref.clamp(-1, 1))
+    assert torch.equal(a, generate(m, s, 5, 'ddim', seed=3, bs=2, progress=False, img_shape=(1, 8, 8), steps=4, eta=1.))
+    assert not torch.equal(a, generate(m, s, 5, 'ddim', seed=4, bs=2, progress=False, img_shape=(1, 8, 8), steps=4, eta=1.))
+    for kw, err, msg in [(dict(n=0), ValueError, 'n must be'), (dict(bs=0), ValueError, 'bs must be'),
+                         (dict(sampler='x'), ValueError, 'sampler must be one of'), (dict(eta=3.), ValueError, 'eta'),
+                         (dict(steps=21), ValueError, 'steps <= 20'), (dict(foo=1), TypeError, 'no option')]:
+        with pytest.raises(err, match=msg): generate(m, s, **{'n': 2, 'progress': False, 'img_shape': (1, 8, 8), **kw})

@@ -75,7 +75,9 @@ def test_ttd_spread_zero_without_randomness_and_positive_with_it():
     mean, spread = ttd_predict(model, x, n=8)
     assert mean.shape == (50, 3) and torch.allclose(mean.sum(-1), torch.ones(50))
     assert (spread > 0).any()
-    assert not model.training and not model[3].training          # dropout is switched back off
+    assert model.training and model[3].training                  # the training flags are restored as they were
+    model.eval(); ttd_predict(model, x, n=2)
+    assert not model.training and not model[3].training          # dropout is switched back off after an eval model
     with pytest.raises(ValueError, match='no dropout'): ttd_predict(nn.Linear(3, 3), torch.randn(2, 3))
 
 

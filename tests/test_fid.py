@@ -1,4 +1,5 @@
 import math, os, time, warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import ddpm_from_scratch.fid as fid_mod
 from ddpm_from_scratch.data import fashion_tensors
 from ddpm_from_scratch.fid import (ImageEval, check_images, extract_features, feature_stats, frechet_distance,
                                    kid_score, mmd2_unbiased, poly_kernel, sqrtm_psd, trace_sqrt_product,
-                                   weights_fingerprint)
+                                   evaluate, weights_fingerprint)
 
 
 class RandomFeatures(nn.Module):
@@ -227,12 +228,33 @@ def test_cache_of_other_weights_is_recomputed(tmp_path, xtrain):
 def test_cache_needs_images_or_file(tmp_path, model):
     with pytest.raises(ValueError, match='real images'): ImageEval(model, None, cache=tmp_path / 'nope.pt')
 
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    path = tmp_path / 'stats.pt'
-    def boom(obj, f): f.write(b'half'); raise KeyboardInterrupt
+def test_cache_write_leaves_no_partial_file(tmp_path, monkeypatch, model, xtrain):
+    "An interrupted cache write (through `data.atomic_write`) leaves neither a half file nor a temporary one."
+    def boom(obj, f): Path(f).write_bytes(b'half'); raise KeyboardInterrupt
     monkeypatch.setattr(fid_mod.torch, 'save', boom)
-    with pytest.raises(KeyboardInterrupt): fid_mod.save_atomic({'a': 1}, path)
+    with pytest.raises(KeyboardInterrupt): ImageEval(model, xtrain[:50], cache=tmp_path / 'stats.pt')
     assert list(tmp_path.iterdir()) == []
+
+
+class StubEval:
+    "Scores that are simple functions of the images, so `evaluate`'s bookkeeping can be checked exactly."
+    def __init__(self): self.seen = []
+    def scores(self, x):
+        self.seen.append(x.clone())
+        return dict(fid=float(x.mean()) + 2., kid=float(x.std()), kid_std=0.5, n=len(x))
+
+
+def test_evaluate_scores_samples_beside_a_real_floor():
+    ev, x = StubEval(), -torch.rand(6, 1, 32, 32)
+    r = evaluate(x, evaluator=ev)
+    real = fashion_tensors('train')[0][:6]
+    assert torch.equal(ev.seen[0], x) and torch.equal(ev.seen[1], real)   # the floor: as many real training images
+    assert r['fid'] == pytest.approx(float(x.mean()) + 2) and r['floor_fid'] == pytest.approx(float(real.mean()) + 2)
+    assert r['n'] == r['n_real'] == 6 and {'kid', 'kid_std', 'floor_kid', 'floor_kid_std'} <= set(r)
+    assert evaluate(x, n_real=3, evaluator=ev)['n_real'] == 3
+    mine = fashion_tensors('test')[0][:4]
+    evaluate(x, evaluator=ev, real=mine); assert torch.equal(ev.seen[-1], mine)
+    assert 'floor_fid' not in evaluate(x, n_real=0, evaluator=ev)
 
 def test_fashion_mnist_constructor_caches_per_weights_split_and_n(tmp_path, monkeypatch):
     m = RandomFeatures(seed=4)

@@ -1,36 +1,39 @@
-"Tests of classifier-free guidance: label dropout, the guidance formula, the batched guided prediction, the samplers."
+"Tests of classifier-free guidance: label dropout, the conditional DDPMCB, the guidance formula, the batched guided prediction, the samplers."
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from ddpm_from_scratch.ddpm import linear_schedule
-from ddpm_from_scratch.guidance import (CFGDDPMCB, GuidedModel, cfg_eps, class_grid, drop_labels, guidance_table,
-                                        guided_eps, guided_sample)
-from ddpm_from_scratch.unet import UNet
+from conftest import make_tiny_unet
+from ddpm_from_scratch.data import DataLoaders
+from ddpm_from_scratch.ddpm import DDPMCB, Schedule, abar_cos, drop_labels, fit_ddpm, linear_schedule
+from ddpm_from_scratch.ddim import SAMPLERS, sample, sampler_options
+from ddpm_from_scratch.guidance import GuidedModel, cfg_eps, class_grid, guided_eps, guided_sample
 
-torch.set_num_threads(1)
+
+def cond_unet(seed=0, n_classes=10):
+    "A tiny class-conditioned U-Net, randomised so every input (the class included) matters, in eval mode."
+    return make_tiny_unet(seed, randomise=True, n_classes=n_classes).eval()
 
 
-def small_unet(n_classes=10, seed=0):
-    "A tiny class-conditioned U-Net whose zero-initialised convolutions are randomised, so every input matters."
-    torch.manual_seed(seed)
-    m = UNet(channels=(16, 32), n_res=1, img_size=16, attn_res=(), n_classes=n_classes)
-    for mod in m.modules():
-        if isinstance(mod, nn.Conv2d) and not mod.weight.any(): nn.init.normal_(mod.weight, std=0.1)
-    return m.eval()
+def sched(): return Schedule.from_beta(torch.linspace(1e-3, 0.2, 20))
+
+
+def few_steps(name, n=5):
+    "Options that keep `name` short: a few steps if the sampler takes a step count."
+    return {'steps': n} if 'steps' in sampler_options(name) else {}
 
 
 class CountingModel(nn.Module):
-    "Wraps a model and records the batch size of every forward call."
+    "Wraps a model and records the batch size of every forward call (and the classes it saw)."
     def __init__(self, m):
-        super().__init__(); self.m, self.calls, self.n_classes, self.config = m, [], m.n_classes, m.config
+        super().__init__(); self.m, self.calls, self.cs, self.n_classes, self.config = m, [], [], m.n_classes, m.config
     def forward(self, x, t, c=None):
-        self.calls.append(len(x)); return self.m(x, t, c)
+        self.calls.append(len(x)); self.cs.append(c); return self.m(x, t, c)
 
 
-# ---- label dropout ----
+# ---- label dropout (drop_labels lives in ddpm.py; it is this lesson's) ----
 @pytest.mark.parametrize('p', [0.1, 0.5])
 def test_drop_labels_fraction(p):
     y = torch.randint(0, 10, (20_000,), generator=torch.Generator().manual_seed(0))
@@ -58,9 +61,9 @@ def test_drop_labels_errors():
     with pytest.raises(TypeError, match='integers'): drop_labels(torch.tensor([1.]), 0.1, 10)
 
 
-# ---- the training callback ----
-def test_cfg_callback_batches_and_fraction():
-    cb = CFGDDPMCB(n_classes=10, p_uncond=0.2, n_steps=100)
+# ---- the training callback: DDPMCB(schedule, cond=n_classes, p_uncond=...) ----
+def test_conditional_callback_batches_and_fraction():
+    cb = DDPMCB(linear_schedule(n_steps=100), cond=10, p_uncond=0.2)
     x, y = torch.rand(256, 1, 16, 16) * 2 - 1, torch.randint(0, 10, (256,))
     for _ in range(40):
         learn = SimpleNamespace(batch=(x, y), training=True)
@@ -76,22 +79,14 @@ def test_cfg_callback_batches_and_fraction():
     assert torch.equal(learn.batch[0][2], y)
 
 
-def test_cfg_callback_errors():
-    cb = CFGDDPMCB(n_classes=10)
-    with pytest.raises(ValueError, match=r'\(images, labels\)'): cb.before_batch(SimpleNamespace(batch=(torch.zeros(2, 1, 8, 8),), training=True))
-    with pytest.raises(ValueError, match='n_classes=5 but CFGDDPMCB has n_classes=10'):
-        cb.before_fit(SimpleNamespace(model=SimpleNamespace(n_classes=5)))
-    with pytest.raises(ValueError, match='p_uncond'): CFGDDPMCB(p_uncond=-0.1)
-
-
-def test_cfg_callback_trains_with_the_learner():
-    from ddpm_from_scratch.data import DataLoaders
-    from ddpm_from_scratch.ddpm import fit_ddpm
-    m = CountingModel(UNet(channels=(16, 32), n_res=1, img_size=16, attn_res=(), n_classes=10))
-    x, y = torch.rand(64, 1, 16, 16) * 2 - 1, torch.randint(0, 10, (64,))
-    cb = CFGDDPMCB(p_uncond=0.5, n_steps=50)
+def test_conditional_callback_trains_with_the_learner():
+    m = CountingModel(make_tiny_unet(n_classes=10))
+    x, y = torch.rand(64, 1, 16, 16) * 2 - 1, torch.full((64,), 3)  # one class: the batches are shuffled
+    cb = DDPMCB(linear_schedule(n_steps=50), cond=10, p_uncond=0.5)
     fit_ddpm(m, DataLoaders.from_tensors((x, y), (x[:16], y[:16]), 16), 1, 1e-3, cb=cb, metrics=False, valid=False)
     assert m.calls == [16] * 4 and cb.n_labels == 64 and 0 < cb.n_dropped < 64
+    seen = torch.cat(m.cs)  # the model was called with the labels, some dropped to "no class"
+    assert int((seen == 10).sum()) == cb.n_dropped and ((seen == 10) | (seen == 3)).all()
 
 
 # ---- the guidance formula ----
@@ -110,7 +105,7 @@ def test_bad_scales(w):
 
 
 def test_guided_eps_equals_separate_calls():
-    m = small_unet()
+    m = cond_unet()
     x, t, c = torch.randn(4, 1, 16, 16), torch.tensor([5, 200, 600, 999]), torch.tensor([0, 3, 7, 9])
     with torch.no_grad():
         e_c, e_u = m(x, t, c), m(x, t)
@@ -123,7 +118,7 @@ def test_guided_eps_equals_separate_calls():
 
 
 def test_guided_eps_uses_one_batched_forward():
-    m = CountingModel(small_unet())
+    m = CountingModel(cond_unet())
     x, t, c = torch.randn(3, 1, 16, 16), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])
     with torch.no_grad():
         guided_eps(m, x, t, c, 3.); assert m.calls == [6]
@@ -132,56 +127,75 @@ def test_guided_eps_uses_one_batched_forward():
 
 
 def test_guided_eps_errors():
-    m = small_unet()
+    m = cond_unet()
     x = torch.randn(2, 1, 16, 16)
     with pytest.raises(ValueError, match='2 images'): guided_eps(m, x, 1, torch.tensor([1, 2, 3]), 2.)
     with pytest.raises(ValueError, match=r'lie in \[0, 9\]'): guided_eps(m, x, 1, torch.tensor([1, 10]), 2.)
-    with pytest.raises(TypeError, match='class-conditioned'): guided_eps(UNet(channels=(16, 32), n_res=1, img_size=16, attn_res=()), x, 1, torch.tensor([0, 1]), 2.)
+    with pytest.raises(TypeError, match='class-conditioned'): guided_eps(make_tiny_unet(), x, 1, torch.tensor([0, 1]), 2.)
 
 
-# ---- samplers ----
-def test_guided_sample_shapes_and_determinism():
-    m, s = small_unet(), linear_schedule(n_steps=20, beta_min=1e-3, beta_max=0.2)
-    for sampler in ('ddim', 'ddpm'):
-        a = guided_sample(m, [0, 1, 2], s, 3., sampler=sampler, n_steps=5, generator=torch.Generator().manual_seed(0))
-        b = guided_sample(m, [0, 1, 2], s, 3., sampler=sampler, n_steps=5, generator=torch.Generator().manual_seed(0))
-        c = guided_sample(m, [0, 1, 2], s, 3., sampler=sampler, n_steps=5, generator=torch.Generator().manual_seed(1))
-        assert a.shape == (3, 1, 16, 16) and torch.isfinite(a).all()
-        assert torch.equal(a, b) and not torch.equal(a, c)
-    assert m.training is False  # the model's mode is left as it was, eval...
-    m.train(); guided_sample(m, [0], s, 2., n_steps=2)
-    assert m.training is True  # ...or train
-
-
-def test_guided_sample_scale_changes_samples_and_x_T():
-    m, s = small_unet(), linear_schedule(n_steps=20, beta_min=1e-3, beta_max=0.2)
-    x_T = torch.randn(2, 1, 16, 16)
-    a, b = (guided_sample(m, [4, 5], s, w, n_steps=4, x_T=x_T) for w in (1., 4.))
-    assert not torch.allclose(a, b)
-    grid = class_grid(m, s, (1., 4.), n_per_class=1, n_steps=4, seed=3)
-    assert grid.shape == (2, 10, 1, 16, 16)
-    x_T = torch.randn(10, 1, 16, 16, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(grid[1], guided_sample(m, torch.arange(10), s, 4., n_steps=4, x_T=x_T), atol=1e-6)
-
-
-def test_guided_sample_errors():
-    m, s = small_unet(), linear_schedule(n_steps=20, beta_min=1e-3, beta_max=0.2)
-    with pytest.raises(ValueError, match='this model has 10 classes'): guided_sample(m, [10], s)
-    with pytest.raises(ValueError, match='guidance scale w'): guided_sample(m, [1], s, w=-2.)
-    with pytest.raises(ValueError, match='sampler must be one of'): guided_sample(m, [1], s, sampler='euler')
-    with pytest.raises(ValueError, match="only supported by sampler='ddim'"): guided_sample(m, [1], s, sampler='ddpm', x_T=torch.randn(1, 1, 16, 16))
-    with pytest.raises(TypeError, match='Schedule'): guided_sample(m, [1], s.alpha_bar)
+def test_guided_model_takes_the_wrapped_models_mode():
+    m = cond_unet()
+    assert GuidedModel(m, [1]).training is False
+    assert GuidedModel(m.train(), [1]).training is True
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 9])
+    with torch.no_grad():
+        assert torch.allclose(GuidedModel(m.eval(), [4, 5], 2.)(x, t), guided_eps(m, x, t, torch.tensor([4, 5]), 2.))
     with pytest.raises(TypeError, match='class-conditioned'): GuidedModel(nn.Linear(2, 2), [1])
 
 
-def test_guidance_table():
-    row = dict(acc=0.5, fid=12.345, kid=0.0021, n=40, sample_s=3.)
-    txt = guidance_table({'w=1': row, 'real': row})
-    assert 'w=1' in txt and 'real' in txt and '12.35' in txt and '2.10' in txt
+# ---- samplers: every sampler of the registry, through `sample` ----
+@pytest.mark.parametrize('name', list(SAMPLERS))
+def test_guided_sample_shapes_determinism_and_mode(name):
+    m, s, opts = cond_unet(), sched(), few_steps(name)
+    run = lambda seed: guided_sample(m, [0, 1, 2], s, 3., name, generator=torch.Generator().manual_seed(seed),
+                                     progress=False, **opts)
+    a, b, c = run(0), run(0), run(1)
+    assert a.shape == (3, 1, 16, 16) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert m.training is False  # the model's mode is left as it was, eval...
+    modes = []
+    m.train(); guided_sample(m, [0], s, 2., name, progress=False, callback=lambda d: modes.append(m.training), **opts)
+    assert m.training is True and modes and not any(modes)  # ...or train; eval inside
 
 
-def test_callback_sample_uses_its_schedule():
-    m, cb = small_unet(), CFGDDPMCB(n_steps=20, beta_min=1e-3, beta_max=0.2)
-    a = cb.sample(m, [2, 3], w=2., n_steps=4, generator=torch.Generator().manual_seed(0))
-    b = guided_sample(m, [2, 3], cb.sched, 2., n_steps=4, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (2, 1, 16, 16) and torch.equal(a, b)
+@pytest.mark.parametrize('name', list(SAMPLERS))
+def test_guided_sample_is_sample_of_the_guided_model(name):
+    "No per-sampler branches: guided_sample is the registry's `sample` of a `GuidedModel`."
+    m, s, opts = cond_unet(), sched(), few_steps(name)
+    a = guided_sample(m, [2, 3], s, 2., name, generator=torch.Generator().manual_seed(0), progress=False, **opts)
+    b = sample(GuidedModel(m, [2, 3], 2.), (2, 1, 16, 16), s, name, generator=torch.Generator().manual_seed(0),
+               progress=False, **opts)
+    assert torch.equal(a, b)
+    x_T = torch.randn(2, 1, 16, 16)
+    a = guided_sample(m, [2, 3], s, 2., name, x_T=x_T, generator=torch.Generator().manual_seed(0), progress=False, **opts)
+    b = sample(GuidedModel(m, [2, 3], 2.), x_T, s, name, generator=torch.Generator().manual_seed(0), progress=False, **opts)
+    assert torch.equal(a, b)
+
+
+def test_guided_sample_scale_changes_samples_and_x_T():
+    m, s = cond_unet(), sched()
+    x_T = torch.randn(2, 1, 16, 16)
+    a, b = (guided_sample(m, [4, 5], s, w, steps=4, x_T=x_T, progress=False) for w in (1., 4.))
+    assert not torch.allclose(a, b)
+    grid = class_grid(m, s, (1., 4.), n_per_class=1, seed=3, steps=4, progress=False)
+    assert grid.shape == (2, 10, 1, 16, 16)
+    x_T = torch.randn(10, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(grid[1], guided_sample(m, torch.arange(10), s, 4., steps=4, x_T=x_T, progress=False), atol=1e-6)
+    assert not torch.allclose(grid[0], grid[1])
+
+
+def test_guided_sample_continuous_time():
+    m = cond_unet()
+    out = guided_sample(m, [1, 2], abar_cos, 3., 'ddim', steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
+
+
+def test_guided_sample_errors():
+    m, s = cond_unet(), sched()
+    with pytest.raises(ValueError, match='this model has 10 classes'): guided_sample(m, [10], s, progress=False)
+    with pytest.raises(ValueError, match='guidance scale w'): guided_sample(m, [1], s, w=-2., progress=False)
+    with pytest.raises(ValueError, match='euler'): guided_sample(m, [1], s, sampler='euler', progress=False)
+    with pytest.raises(TypeError, match='steps'): guided_sample(m, [1], s, sampler='ddim', stepz=3, progress=False)
+    with pytest.raises(ValueError, match='2 images'): guided_sample(m, [1], s, x_T=torch.randn(2, 1, 16, 16), steps=3, progress=False)
+    with pytest.raises(TypeError, match='class-conditioned'): class_grid(make_tiny_unet(), s)

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ddpm_from_scratch.data import DataLoaders, set_seed
 from ddpm_from_scratch.learner import Callback, Learner, TrainCB, synthetic_regression
-from ddpm_from_scratch.mixed import (AccelerateCB, FiniteLossCB, MixedPrecision, NonFiniteLossError, autocast_dtype,
-                                    model_device_type)
+from ddpm_from_scratch.mixed import AccelerateCB, FiniteLossCB, MixedPrecision, NonFiniteLossError, autocast_dtype
+from conftest import make_tiny_unet
 
 root = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,10 @@ def test_autocast_dtype_choice_and_errors():
     assert autocast_dtype('mps') == torch.float16
     with pytest.raises(ValueError, match="dtype must be"): autocast_dtype('cpu', 'fp8')
     with pytest.raises(ValueError, match="dtype must be"): MixedPrecision(torch.float32)
-    assert model_device_type(nn.Linear(1, 1)) == 'cpu' and model_device_type(nn.ReLU()) == 'cpu'
+    # the device type is read off the model (data.model_device), never hard-coded: a 'meta' model gives 'meta'
+    mp = MixedPrecision()
+    mp.before_fit(type('L', (), {'model': nn.Linear(1, 1, device='meta')})())
+    assert mp.device_type == 'meta' and mp.dtype == torch.bfloat16 and mp.scaler is None
 
 
 def test_autocast_active_in_predict_on_cpu_bf16():
@@ -164,21 +167,18 @@ def test_accelerate_two_cpu_processes():
 def test_with_ddpmcb_and_a_unet():
     "The real composition: DDPMCB runs predict (model(x_t, t)), MixedPrecision autocasts it and steps."
     from ddpm_from_scratch.ddpm import DDPMCB
-    from ddpm_from_scratch.init import adam_opt, init_ddpm, small_unet
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    try:
-        set_seed(0)
-        model = init_ddpm(small_unet())
-        seen = []
-        h = model.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-        x = torch.rand(32, 1, 32, 32) * 2 - 1
-        log, ddpm, mp = LossLog(), DDPMCB(), MixedPrecision()
-        learn = Learner(model, DataLoaders.from_tensors((x,), (x[:8],), 8), F.mse_loss, lr=1e-3,
-                        cbs=[ddpm, mp, log], opt_func=adam_opt())
-        assert learn.stage_cb('predict') is ddpm and learn.stage_cb('backward') is mp and learn.stage_cb('step') is mp
-        learn.fit(1, valid=False)
-        h.remove()
-    finally: torch.set_num_threads(n)
+    from ddpm_from_scratch.ddpm import adam_opt
+    set_seed(0)
+    model = make_tiny_unet()   # zero-initialised output: predicts zero noise at first
+    seen = []
+    h = model.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.rand(32, 1, 32, 32) * 2 - 1
+    log, ddpm, mp = LossLog(), DDPMCB(), MixedPrecision()
+    learn = Learner(model, DataLoaders.from_tensors((x,), (x[:8],), 8), F.mse_loss, lr=1e-3,
+                    cbs=[ddpm, mp, log], opt_func=adam_opt())
+    assert learn.stage_cb('predict') is ddpm and learn.stage_cb('backward') is mp and learn.stage_cb('step') is mp
+    learn.fit(1, valid=False)
+    h.remove()
     assert seen == [torch.bfloat16] * 4 and len(log.losses) == 4 and all(map(math.isfinite, log.losses))
-    assert abs(log.losses[0] - 1) < 0.3  # init_ddpm: predicts zero noise at first
+    assert abs(log.losses[0] - 1) < 0.3  # zero output at init: the first loss is E[eps^2]
     assert model.conv_out.weight.abs().max() > 0  # it stepped

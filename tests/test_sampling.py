@@ -5,11 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_from_scratch.ddpm import band_t_weights, fashion_unet, linear_schedule, noisify
-from ddpm_from_scratch.sampling import (GaussianEps, compare_t_weighting, ddpm_quality, ddpm_step, loss_by_t,
-                                        posterior_coefs, predict_x0, sample, t_weighting_table)
-
-torch.set_num_threads(1)
+from ddpm_from_scratch.ddpm import abar_cos, fashion_unet, linear_schedule, noisify
+from ddpm_from_scratch.sampling import (GaussianEps, KeepSteps, ddpm_sample, ddpm_step, loss_by_t, posterior_coefs,
+                                        sampling_device, start_noise)
 
 
 # ---- posterior coefficients --------------------------------------------------------------------------------
@@ -40,10 +38,10 @@ def test_posterior_coefs_equal_closed_form():
 
 
 def test_posterior_coefs_last_step_and_shapes():
-    pc = posterior_coefs(linear_schedule(1e-3, 0.2, 50))
+    pc = posterior_coefs(linear_schedule(1e-4, 0.01, 50))
     assert all(len(o) == 50 for o in pc)
     assert pc.x0[0].item() == pytest.approx(1) and pc.xt[0].item() == 0 and pc.var[0].item() == 0
-    assert (pc.var[1:] > 0).all() and (pc.var <= linear_schedule(1e-3, 0.2, 50).beta + 1e-7).all()
+    assert (pc.var[1:] > 0).all() and (pc.var <= linear_schedule(1e-4, 0.01, 50).beta + 1e-7).all()
 
 
 # ---- one step ----------------------------------------------------------------------------------------------
@@ -95,15 +93,25 @@ def test_step_with_per_sample_t_matches_scalar_t():
         torch.testing.assert_close(both[i:i+1], one); torch.testing.assert_close(x0b[i:i+1], x01)
 
 
-def test_predict_x0_clips():
-    ab = linear_schedule().alpha_bar
-    x = predict_x0(torch.full((1, 1, 2, 2), 5.), 999, torch.zeros(1, 1, 2, 2), ab)
-    assert x.max() == 1
-    assert predict_x0(torch.full((1, 1, 2, 2), 5.), 999, torch.zeros(1, 1, 2, 2), ab, clip=False).max() > 100
+def test_step_clips_x0_hat():
+    s = linear_schedule()
+    x, e = torch.full((1, 1, 2, 2), 5.), torch.zeros(1, 1, 2, 2)
+    assert ddpm_step(x, 999, e, s, noise=torch.zeros_like(x))[1].max() == 1
+    assert ddpm_step(x, 999, e, s, noise=torch.zeros_like(x), clip=False)[1].max() > 100
+
+
+def test_step_accepts_alpha_bar_tensor_and_refuses_continuous_time():
+    s = linear_schedule(dtype=torch.float64)
+    xt, eps, z = torch.randn(3, 2, 1, 4, 4, dtype=torch.float64).unbind(0)
+    a, _ = ddpm_step(xt, 500, eps, s, noise=z)
+    b, _ = ddpm_step(xt, 500, eps, s.alpha_bar, noise=z)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match='eta=1'): ddpm_step(xt, 5, eps, abar_cos)
 
 
 @pytest.mark.parametrize('kw,err,msg', [(dict(t=1000), ValueError, r'\[0, 1000\)'), (dict(t=-1), ValueError, 'lie in'),
-                                        (dict(t=1.5), TypeError, 'int'), (dict(variance='x'), ValueError, 'variance')])
+                                        (dict(t=1.5), TypeError, 'int'), (dict(variance='x'), ValueError, 'variance'),
+                                        (dict(t=torch.tensor([1, 2, 3])), ValueError, r'shape \(2,\)')])
 def test_step_errors(kw, err, msg):
     args = dict(x_t=torch.zeros(2, 1, 4, 4), eps_pred=torch.zeros(2, 1, 4, 4), schedule=linear_schedule(), t=3)
     with pytest.raises(err, match=msg): ddpm_step(**{**args, **kw})
@@ -125,27 +133,55 @@ class ZeroEps(nn.Module):
         return x * self.w
 
 
-def test_sample_shape_and_keeps_only_requested_steps():
-    s = linear_schedule(1e-3, 0.2, 20)
+def test_sample_shape_and_keep_steps_callback():
+    s = linear_schedule(1e-4, 0.01, 20)
     m = ZeroEps()
     m.train()
-    out = sample(m, (3, 1, 8, 8), s, progress=False)
+    out = ddpm_sample(m, (3, 1, 8, 8), s, progress=False)
     assert isinstance(out, torch.Tensor) and out.shape == (3, 1, 8, 8)
     assert m.ts == list(range(19, -1, -1)) and m.training  # every step once, in order; mode restored
-    final, xts, x0s = sample(m, (3, 1, 8, 8), s, keep_steps=(19, 5, 0), progress=False)
-    assert set(xts) == set(x0s) == {19, 5, 0}
-    assert all(v.shape == (3, 1, 8, 8) and v.device.type == 'cpu' for v in [*xts.values(), *x0s.values()])
+    keep = KeepSteps((19, 5, 0))
+    final = ddpm_sample(m, (3, 1, 8, 8), s, callback=keep, progress=False)
+    assert set(keep.xts) == set(keep.x0s) == {19, 5, 0}
+    assert all(v.shape == (3, 1, 8, 8) and v.device.type == 'cpu' for v in [*keep.xts.values(), *keep.x0s.values()])
     assert final.abs().max() <= 1  # zero noise predicted: x0_hat = x_t / sqrt(ab) clipped, and the last step returns it
-    torch.testing.assert_close(final, x0s[0])
+    torch.testing.assert_close(final, keep.x0s[0])
 
 
-def test_sample_generator_reproducible_and_errors():
-    s = linear_schedule(1e-3, 0.2, 10)
-    a = sample(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
-    b = sample(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
+def test_sample_callback_sees_each_step_in_order():
+    s = linear_schedule(1e-4, 0.01, 6)
+    seen = []
+    out = ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, callback=seen.append, progress=False, generator=torch.Generator().manual_seed(0))
+    assert [d['i'] for d in seen] == list(range(6)) and [d['t'] for d in seen] == [5, 4, 3, 2, 1, 0]
+    for a, b in zip(seen, seen[1:]): assert torch.equal(a['x_prev'], b['x'])  # x_prev of one step is x of the next
+    assert torch.equal(seen[-1]['x_prev'], out)
+
+
+def test_sample_generator_reproducible_x_T_and_errors():
+    s = linear_schedule(1e-4, 0.01, 10)
+    a = ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
+    b = ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match='keep_steps'): sample(ZeroEps(), (2, 1, 4, 4), s, keep_steps=[10], progress=False)
-    with pytest.raises(ValueError, match='shape'): sample(ZeroEps(), (2, 1, 4.0, 4), s, progress=False)
+    # x_T given: the same as drawing it from the generator first
+    g = torch.Generator().manual_seed(5)
+    x_T = torch.randn((2, 1, 4, 4), generator=g)
+    torch.testing.assert_close(ddpm_sample(ZeroEps(), x_T, s, progress=False, generator=g), a)
+    with pytest.raises(ValueError, match='shape'): ddpm_sample(ZeroEps(), (2, 1, 4.0, 4), s, progress=False)
+    with pytest.raises(TypeError, match='x_T must be a float'): ddpm_sample(ZeroEps(), torch.zeros(2, 1, 4, 4, dtype=torch.long), s)
+    with pytest.raises(ValueError, match='variance'): ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, variance='x')
+    with pytest.raises(TypeError, match='eta=1'): ddpm_sample(ZeroEps(), (2, 1, 4, 4), abar_cos)
+    with pytest.raises(ValueError, match='steps'): KeepSteps([-1])
+
+
+def test_start_noise_and_sampling_device():
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(start_noise((2, 3), g), torch.randn((2, 3), generator=torch.Generator().manual_seed(0)))
+    x = torch.ones(2, 3)
+    assert start_noise(x) is x and start_noise(x, device='meta').device.type == 'meta'
+    assert sampling_device(nn.Linear(1, 1).to('meta'), (2, 3)).type == 'meta'  # the model's device
+    assert sampling_device(nn.Linear(1, 1).to('meta'), x).type == 'meta'       # wins over x_T's
+    assert sampling_device(ZeroEps.__base__(), x.to('meta')).type == 'meta'     # no parameters: x_T's
+    assert sampling_device(lambda x, t: x, (2, 3)).type == 'cpu'                 # a plain function, a shape: the CPU
 
 
 @pytest.mark.parametrize('variance', ['beta', 'posterior'])
@@ -153,21 +189,21 @@ def test_sample_with_exact_predictor_reproduces_gaussian_data(variance):
     "With the exact E[eps | x_t] for x0 ~ N(0.3, 0.2^2), DDPM sampling must return that distribution."
     s = linear_schedule()
     torch.manual_seed(0)
-    x = sample(GaussianEps(s.alpha_bar, 0.3, 0.2), (4000, 1, 1, 1), s, clip=False, progress=False, variance=variance)
+    x = ddpm_sample(GaussianEps(s.alpha_bar, 0.3, 0.2), (4000, 1, 1, 1), s, clip=False, progress=False, variance=variance)
     assert abs(x.mean().item() - 0.3) < 0.015  # standard error 0.2/sqrt(4000) = 0.003
     assert abs(x.std().item() / 0.2 - 1) < 0.06
 
 
 def test_sample_unwraps_diffusers_output_and_tuple_models():
-    s = linear_schedule(1e-3, 0.2, 5)
+    s = linear_schedule(1e-4, 0.01, 5)
     for tuple_input in (False, True):
         torch.manual_seed(0)
         m = fashion_unet((8, 16), attention=False, layers_per_block=1, tuple_input=tuple_input)
-        out = sample(m, (2, 1, 32, 32), s, progress=False)
+        out = ddpm_sample(m, (2, 1, 32, 32), s, progress=False)
         assert isinstance(out, torch.Tensor) and out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
 
 
-# ---- loss per t and the t-weighting comparison -------------------------------------------------------------
+# ---- loss per t ---------------------------------------------------------------------------------------------
 
 def test_loss_by_t_matches_closed_form_for_zero_predictor():
     "A model predicting 0 has loss E[eps^2] = 1 in every bucket."
@@ -178,24 +214,8 @@ def test_loss_by_t_matches_closed_form_for_zero_predictor():
     torch.testing.assert_close(L, loss_by_t(ZeroEps(), torch.zeros(256, 1, 8, 8), s, n_buckets=4))
 
 
-def test_compare_t_weighting_smoke():
-    res = compare_t_weighting({'uniform': None, 'high': band_t_weights(1000, 700, p=0.7)}, n_train=64, n_valid=8,
-                              bs=32, n_buckets=2)
-    assert set(res) == {'uniform', 'high'} and res['high']['loss_by_t'].shape == (2,)
-    tab = t_weighting_table(res)
-    assert 'high/uniform' in tab and len(tab.splitlines()) == 4
-
-
-# ---- the quality path (short run of the same code) -----------------------------------------------------------
-
-def test_ddpm_quality_short_run():
-    from ddpm_from_scratch.data import fashion_tensors
-    from ddpm_from_scratch.fid import ImageEval
-    torch.manual_seed(0)
-    feats = nn.Sequential(nn.Conv2d(1, 8, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    ev = ImageEval(feats, fashion_tensors('test')[0][-256:], kid_n=256)
-    q = ddpm_quality(fashion_unet((8, 16), attention=False, layers_per_block=1), fashion_tensors('train')[0][:64],
-                     n_epochs=1, bs=32, n_steps=10, beta_min=1e-3, beta_max=0.3, n_samples=6, sample_bs=4, evaluator=ev)
-    assert q['samples'].shape == (6, 1, 32, 32) and q['samples'].abs().max() <= 1
-    assert q['n_updates'] == 2 and set(q['scores']) >= {'fid', 'kid'} and math.isfinite(q['scores']['fid'])
-    assert q['floor']['n'] == 6
+def test_loss_by_t_restores_mode_and_checks_buckets():
+    s, m = linear_schedule(n_steps=10), ZeroEps().train()
+    loss_by_t(m, torch.zeros(8, 1, 4, 4), s, n_buckets=2)
+    assert m.training
+    with pytest.raises(ValueError, match='n_buckets'): loss_by_t(m, torch.zeros(8, 1, 4, 4), s, n_buckets=11)

@@ -3,18 +3,11 @@ import math
 import pytest
 import torch
 
-from ddpm_from_scratch.spiral import (THETA_MAX, THETA_MIN, SpiralMLP, SpiralSchedule, fit_spiral, loss_history,
-                                      make_spiral, noisify_points, p_step, posterior, posterior_grid, q_iterate, q_sample,
-                                      q_step, sample_points, sinusoidal_embedding, spiral_curve, spiral_distance, spiral_dls,
-                                      spiral_nearest, spiral_schedule, x0_from_eps)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny tensors: one thread is fastest and does not stall when the machine is busy."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from ddpm_from_scratch.ddpm import DDPMCB, Schedule, alpha_bar_at, at, noisify, x0_from_eps
+from ddpm_from_scratch.sampling import ddpm_sample, ddpm_step, posterior_coefs
+from ddpm_from_scratch.spiral import (THETA_MAX, THETA_MIN, SpiralMLP, fit_spiral, loss_history, make_spiral,
+                                      posterior_grid, q_iterate, q_step, spiral_curve, spiral_distance, spiral_dls,
+                                      spiral_nearest, spiral_schedule)
 
 
 @pytest.fixture(scope='module')
@@ -22,6 +15,22 @@ def sched(): return spiral_schedule()
 
 
 def gen(seed=0): return torch.Generator().manual_seed(seed)
+
+
+# The spiral uses the library's process core; these small adapters give the tests the notebook's shapes.
+def q_sample(x0, t, sched, noise=None): return noisify(x0, sched, t=t, eps=noise)[0][0]
+
+def posterior(x_t, x0, t, sched):
+    "Mean and variance of q(x_{t-1} | x_t, x0) from `posterior_coefs`."
+    c = posterior_coefs(sched)
+    return at(c.x0, t, x0) * x0 + at(c.xt, t, x_t) * x_t, at(c.var, t, x_t)
+
+def sample_trajectory(model, sched, n, generator=None, **options):
+    "ddpm_sample with posterior variance (the spiral's process), keeping x_t before every step: xs (T+1, n, 2), x0s (T, n, 2)."
+    xs, x0s = [], []
+    def keep(d): xs.append(d['x'].cpu()); x0s.append(d['x0'].cpu())
+    x = ddpm_sample(model, (n, 2), sched, generator=generator, progress=False, callback=keep, variance='posterior', **options)
+    return torch.stack(xs + [x.cpu()]), torch.stack(x0s)
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -56,16 +65,19 @@ def test_curve_box():
 # --- schedule and forward process -----------------------------------------------------------------------------------
 
 def test_schedule(sched):
-    assert sched.n_steps == 50 and sched.alpha_bar_prev[0] == 1
+    assert isinstance(sched, Schedule) and len(sched) == sched.n_steps == 50 and sched.beta.dtype == torch.float64
+    assert torch.allclose(sched.beta, torch.linspace(1e-3, 0.25, 50, dtype=torch.float64))   # as given: no 1000/T rescale
     assert (sched.alpha_bar[1:] < sched.alpha_bar[:-1]).all()
     assert torch.allclose(sched.alpha_bar, torch.cumprod(1 - sched.beta, 0))
     assert sched.alpha_bar[-1].sqrt() < 0.05
-    with pytest.raises(ValueError, match='strictly between 0 and 1'): SpiralSchedule([0.1, 1.0])
+    with pytest.raises(ValueError, match='strictly between 0 and 1'): Schedule.from_beta(torch.tensor([0.1, 1.0]))
     with pytest.raises(ValueError, match='beta_min'): spiral_schedule(10, 0.3, 0.2)
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match=r'\[0, 50\)'): q_sample(x, 50, sched)
     with pytest.raises(ValueError, match=r'\[0, 50\)'): q_sample(x, torch.tensor([0, 1, -1, 2]), sched)
     with pytest.raises(TypeError, match='integer'): q_sample(x, torch.tensor([0.5] * 4), sched)
+    with pytest.raises(ValueError, match=r'\[0, 50\)'): q_step(x, 50, sched)
+    with pytest.raises(TypeError, match='int'): q_step(x, 0.5, sched)
 
 
 def test_forward_step_by_step_matches_shortcut(sched):
@@ -73,7 +85,7 @@ def test_forward_step_by_step_matches_shortcut(sched):
     torch.manual_seed(0)
     x0 = make_spiral(20_000, generator=gen()).double()
     xs = q_iterate(x0, sched)
-    assert xs.shape == (sched.n_steps, 20_000, 2)
+    assert xs.shape == (len(sched), 20_000, 2)
     for t in [0, 3, 10, 25, 49]:
         a, b = xs[t], q_sample(x0, t, sched)
         ab = sched.alpha_bar[t]
@@ -96,7 +108,7 @@ def test_per_row_t(sched):
     t = torch.tensor([0, 4, 9, 30, 49])
     xt = q_sample(x0, t, sched, eps)
     for i in range(5): assert torch.allclose(xt[i], q_sample(x0[i:i + 1], int(t[i]), sched, eps[i:i + 1])[0])
-    assert torch.allclose(x0_from_eps(xt, eps, t, sched), x0)
+    assert torch.allclose(x0_from_eps(xt, eps, alpha_bar_at(sched, t)), x0)
 
 
 # --- posterior ------------------------------------------------------------------------------------------------------
@@ -130,8 +142,9 @@ def test_posterior_matches_monte_carlo_regression(sched, t):
     A = torch.cat([x_t, x0], 1)
     coef = torch.linalg.lstsq(A, x_prev).solution.squeeze()
     resid_var = (x_prev - A @ coef[:, None]).var().item()
-    assert abs(coef[0] - sched.post_ct[t]) < 0.01 and abs(coef[1] - sched.post_c0[t]) < 0.01
-    assert abs(resid_var / sched.post_var[t].item() - 1) < 0.02
+    c = posterior_coefs(sched)
+    assert abs(coef[0] - c.xt[t]) < 0.01 and abs(coef[1] - c.x0[t]) < 0.01
+    assert abs(resid_var / c.var[t].item() - 1) < 0.02
 
 
 def test_posterior_first_step_is_the_data(sched):
@@ -152,7 +165,7 @@ class Oracle(torch.nn.Module):
 
 def test_sampling_with_an_oracle_lands_on_the_target(sched):
     target = torch.tensor([0.5, -0.25])
-    xs, x0s = sample_points(Oracle(target, sched), sched, n=64, generator=gen())
+    xs, x0s = sample_trajectory(Oracle(target, sched), sched, n=64, generator=gen())
     assert xs.shape == (51, 64, 2) and x0s.shape == (50, 64, 2)
     assert torch.allclose(x0s, target.expand_as(x0s), atol=1e-4)
     assert torch.allclose(xs[-1], target.expand(64, 2), atol=1e-5)
@@ -161,20 +174,33 @@ def test_sampling_with_an_oracle_lands_on_the_target(sched):
 def test_clipping(sched):
     target = torch.tensor([3., 0.])                  # outside the data range
     x = torch.randn(16, 2)
-    _, x0_clip = p_step(Oracle(target, sched), x, 20, sched, clip=True)
-    _, x0_raw = p_step(Oracle(target, sched), x, 20, sched, clip=False)
+    eps = Oracle(target, sched)(x, torch.full((16,), 20))
+    _, x0_clip = ddpm_step(x, 20, eps, sched, clip=True)
+    _, x0_raw = ddpm_step(x, 20, eps, sched, clip=False)
     assert torch.allclose(x0_raw[:, 0], torch.tensor(3.), atol=1e-4) and (x0_clip[:, 0] == 1).all()
+
+
+def test_reverse_step_is_the_posterior_with_the_guess(sched):
+    "With variance='posterior' a reverse step is q(x_{t-1} | x_t, x0_hat): mean plus sqrt(beta tilde) times the noise."
+    x, z = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    for t in (0, 1, 30, 49):
+        eps = torch.randn(6, 2, dtype=torch.float64)
+        x0_hat = x0_from_eps(x, eps, alpha_bar_at(sched, t)).clamp(-1, 1)
+        m, v = posterior(x, x0_hat, t, sched)
+        x_prev, x0_lib = ddpm_step(x, t, eps, sched, noise=z, variance='posterior')
+        assert torch.allclose(x0_lib, x0_hat) and torch.allclose(x_prev, m + v.sqrt() * z), t
 
 
 # --- model ----------------------------------------------------------------------------------------------------------
 
-def test_sinusoidal_embedding():
-    e = sinusoidal_embedding(torch.arange(50), 64)
+def test_time_embedding_tells_the_50_steps_apart():
+    "The MLP reads t through the U-Net's `timestep_embedding`: at the spiral's 50 steps every code is distinct."
+    from ddpm_from_scratch.unet import timestep_embedding
+    e = timestep_embedding(torch.arange(50), 64)
     assert e.shape == (50, 64)
     assert torch.allclose(e[0], torch.cat([torch.zeros(32), torch.ones(32)]))
     assert torch.allclose(e.pow(2).view(50, 2, 32).sum(1), torch.ones(50, 32), atol=1e-5)   # sin^2 + cos^2
     assert torch.cdist(e, e)[~torch.eye(50, dtype=bool)].min() > 0.1                          # all steps distinct
-    with pytest.raises(ValueError, match='even'): sinusoidal_embedding(torch.arange(3), 5)
 
 
 def test_mlp_shapes_and_time_dependence():
@@ -187,13 +213,29 @@ def test_mlp_shapes_and_time_dependence():
     with pytest.raises(ValueError, match='t must have shape'): m(x, torch.zeros(7, dtype=torch.long))
 
 
-def test_noisify(sched):
+def test_noisify_points(sched):
+    "The core's noisify on (B, 2) points: t uniform in [0, T), unit noise, seeded."
     x0 = make_spiral(10_000, generator=gen())
-    xt, t, eps = noisify_points(x0, sched, gen(1))
-    assert xt.shape == x0.shape and t.dtype == torch.int64 and 0 <= t.min() and t.max() < sched.n_steps
-    assert torch.allclose(xt, q_sample(x0, t, sched, eps))
+    (xt, t), eps = noisify(x0, sched, generator=gen(1))
+    assert xt.shape == x0.shape and xt.dtype == x0.dtype and t.dtype == torch.int64
+    assert 0 <= t.min() and t.max() < len(sched) and len(t.unique()) == len(sched)
+    ab = sched.alpha_bar[t].float()[:, None]
+    assert torch.allclose(xt, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-6)
     assert abs(eps.std().item() - 1) < 0.03
-    assert all(torch.equal(a, b) for a, b in zip(noisify_points(x0, sched, gen(1)), (xt, t, eps)))
+    (xt2, t2), eps2 = noisify(x0, sched, generator=gen(1))
+    assert torch.equal(xt, xt2) and torch.equal(t, t2) and torch.equal(eps, eps2)
+
+
+def test_ddpmcb_feeds_the_mlp_points():
+    "DDPMCB turns a batch (x0,) of points into ((x_t, t), eps) and calls model(x_t, t)."
+    sched = spiral_schedule()
+    cb, model = DDPMCB(sched), SpiralMLP(d_hidden=16, n_layers=2)
+    learn = type('L', (), {'batch': (make_spiral(32, generator=gen()),), 'model': model, 'training': True})()
+    cb.before_batch(learn)
+    (x_t, t), eps = learn.batch
+    assert x_t.shape == eps.shape == (32, 2) and t.shape == (32,) and t.dtype == torch.int64
+    cb.predict(learn)
+    assert learn.preds.shape == (32, 2)
 
 
 # --- the yardstick --------------------------------------------------------------------------------------------------
@@ -242,12 +284,11 @@ def test_distance_shapes_and_errors():
 def test_short_training_beats_the_noise(sched):
     torch.manual_seed(0)
     model = SpiralMLP()
-    learn = fit_spiral(model, sched, spiral_dls(n_train=100_000, batch_size=512), n_epochs=4, progress=False,
-                       device='cpu')
+    learn = fit_spiral(model, sched, spiral_dls(n_train=100_000, batch_size=512), n_epochs=4, progress=False)
     hist = loss_history(learn)
     assert len(hist['train']) == len(hist['valid']) == 4
     assert hist['valid'][-1] < hist['valid'][0] < 0.5
-    xs, x0s = sample_points(model, sched, n=2000, generator=gen())
+    xs, x0s = sample_trajectory(model, sched, n=2000, generator=gen())
     d_noise, d_samples = spiral_distance(xs[0]).mean().item(), spiral_distance(xs[-1]).mean().item()
     assert d_noise > 0.45                    # N(0, I) points are far from the curve on average
     assert d_samples < 0.35 * d_noise, (d_samples, d_noise)

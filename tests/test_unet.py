@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_from_scratch.unet import ResBlock, SelfAttention, UNet, timestep_embedding
-
-torch.set_num_threads(1)
+from conftest import make_tiny_unet
 
 SMALL = dict(channels=(16, 32, 32), n_res=1, attn_res=(8,))  # fast, with attention at 8x8
 
@@ -61,6 +60,34 @@ def test_resblock_starts_as_scaled_identity():
         assert torch.equal(ResBlock(16, 16, skip_scale=False)(x), x)
 
 
+def _attention_reference(att, x):
+    "Self-attention written out: per head, softmax over the H*W pixel positions of q.k/sqrt(d), then a weighted sum of v."
+    b, c, hh, ww = x.shape
+    n, heads = hh * ww, att.heads
+    d = c // heads
+    q, k, v = att.qkv(att.norm(x)).reshape(b, 3 * c, n).chunk(3, dim=1)        # each (b, c, n)
+    q, k, v = (z.reshape(b, heads, d, n) for z in (q, k, v))                      # channels split into heads
+    w = torch.einsum('bhdi,bhdj->bhij', q, k) / math.sqrt(d)                      # (b, heads, n, n): position i looks at j
+    out = torch.einsum('bhij,bhdj->bhdi', w.softmax(dim=-1), v).reshape(b, c, hh, ww)
+    return (x + att.proj(out)) * att.scale
+
+
+@pytest.mark.parametrize('ni, head_dim', [(64, 32), (16, 32)])   # two heads; one head (16 is not a multiple of 32)
+def test_self_attention_attends_over_pixel_positions(ni, head_dim):
+    "With the zero-initialised output projection randomised, the layer must equal attention over the H*W positions."
+    torch.manual_seed(0)
+    att = perturb(SelfAttention(ni, groups=8, head_dim=head_dim), std=0.3).eval()
+    assert att.proj.weight.abs().min() > 0                                         # the branch is live, not zero
+    x = torch.randn(2, ni, 4, 6)                                                   # H != W catches a transposed grid
+    with torch.no_grad(): out, ref = att(x), _attention_reference(att, x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    assert (out - x * att.scale).abs().max() > 0.1                                 # and the attention branch matters
+    # one pixel's change reaches every other position (convolutions here are 1x1: only attention mixes positions)
+    x2 = x.clone(); x2[:, :, 0, 0] += 3
+    with torch.no_grad(): diff = (att(x2) - out).abs().amax(dim=1)
+    assert (diff[:, 1:, :] > 0).all() and (diff[:, :, 1:] > 0).all()
+
+
 def test_output_other_resolution_and_bad_input():
     m = perturb(UNet(**SMALL))
     assert m(xt(2, s=16), 5).shape == (2, 1, 16, 16)  # any multiple of 2**(levels-1)
@@ -71,10 +98,11 @@ def test_output_other_resolution_and_bad_input():
 # ---- configuration errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('kw, msg', [
-    (dict(channels=(32, 64, 100)), r'divisible by groups=8.*\[100\]'),
+    (dict(channels=(32, 64, 100)), r'\[100\] is not divisible by groups=8'),
     (dict(channels=(32, 64, 96), groups=5), r'divisible by groups=5'),
-    (dict(groups=32), r'1 channel per group.*groups <= 16'),
-    (dict(channels=(8, 16)), r'1 channel per group at width 8'),
+    (dict(groups=32), r'single channel per group at width 32.*use groups in \[2, 4, 8, 16\]'),
+    (dict(channels=(8, 16)), r'single channel per group at width 8'),
+    (dict(groups=0), r'groups must be a positive int'),
     (dict(img_size=30), r'img_size=30 must be a positive multiple of 2\*\*\(levels-1\)=8.*e\.g\. 32'),
     (dict(img_size=12), r'multiple of 8 \(e\.g\. 16\)'),
     (dict(attn_res=(10,)), r'resolution \[10\].*valid resolutions are \(32, 16, 8, 4\)'),
@@ -207,11 +235,11 @@ def test_config_rebuilds_the_model():
 
 def test_drops_into_the_ddpm_code():
     from ddpm_from_scratch.ddpm import linear_schedule, predict_noise
-    from ddpm_from_scratch.sampling import sample
-    m = perturb(UNet(**SMALL))
-    x = xt(2)
+    from ddpm_from_scratch.sampling import ddpm_sample
+    m = make_tiny_unet(randomise=True)
+    x = xt(2, s=16)
     out = predict_noise(m, x, torch.tensor([5, 6]))
     assert torch.equal(out, m(x, torch.tensor([5, 6])))
-    imgs = sample(m, (2, 1, 32, 32), linear_schedule(n_steps=5), progress=False,
-                  generator=torch.Generator().manual_seed(0))
-    assert imgs.shape == (2, 1, 32, 32) and torch.isfinite(imgs).all() and m.training  # mode restored
+    imgs = ddpm_sample(m, (2, 1, 16, 16), linear_schedule(n_steps=5), progress=False,
+                       generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (2, 1, 16, 16) and torch.isfinite(imgs).all() and m.training  # mode restored

@@ -5,12 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_from_scratch.bench import (BenchModel, SamplerRow, bench_samplers, format_table, load_bench_model,
-                                     new_results, parse_rows, real_floor, time_row, train_diffusers, write_train_info)
-from ddpm_from_scratch.cli import TrainConfig, UserError, atomic_write, make_schedule, train_ddpm
+from ddpm_from_scratch.experiments import (BenchModel, SamplerRow, bench_samplers, bench_table, compare_t_weighting,
+                                           ddpm_quality, format_table, load_bench_model, new_results, parse_rows, real_floor,
+                                           t_weighting_table, time_row, train_diffusers, write_train_info)
+from ddpm_from_scratch.cli import TrainConfig, UserError, build_schedule, train_ddpm
 from ddpm_from_scratch.data import fashion_tensors
-
-torch.set_num_threads(1)
+from ddpm_from_scratch.ddpm import DDPMCB, Schedule
+from ddpm_from_scratch.learner import Callback
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(channels=(8, 16), epochs=1, bs=32, n_train=64, n_steps=10, schedule='cosine', ema=0.9, lr=2e-3)
 
@@ -19,15 +20,18 @@ def test_parse_rows_grid_and_names():
     rows = parse_rows('grid')
     assert [r.name for r in rows] == ['ddpm', 'ddim25', 'ddim50', 'ddim100', 'ddim200',
                                       'ddim25-eta1', 'ddim50-eta1', 'ddim100-eta1', 'ddim200-eta1']
-    assert rows[0] == SamplerRow('ddpm', 0, None) and rows[-1] == SamplerRow('ddim', 200, 1.0)
+    assert rows[0] == SamplerRow('ddpm') and rows[-1] == SamplerRow('ddim', (('eta', 1.0), ('steps', 200)))
+    assert rows[-1].kwargs == dict(steps=200, eta=1.)   # a row is a registry name and its options
     assert parse_rows(','.join(r.name for r in rows)) == rows  # names read back as the same rows
-    assert parse_rows(' DDIM50-eta0.5 , ddim50-eta0.5,ddim50 ') == [SamplerRow('ddim', 50, 0.5), SamplerRow('ddim', 50, 0.)]
-    assert SamplerRow('ddim', 50, 0.5).name == 'ddim50-eta0.5'
-    assert parse_rows('ddim10-eta0') == [SamplerRow('ddim', 10, 0.)] and parse_rows('ddim10-eta0')[0].name == 'ddim10'
+    assert parse_rows(' DDIM50-eta0.5 , ddim50-eta0.5,ddim50 ') == [SamplerRow.make('ddim', steps=50, eta=.5), SamplerRow.make('ddim', steps=50)]
+    assert SamplerRow.make('ddim', steps=50, eta=0.5).name == 'ddim50-eta0.5'
+    assert parse_rows('ddim10-eta0') == [SamplerRow.make('ddim', steps=10)] and parse_rows('ddim10-eta0')[0].name == 'ddim10'
+    assert parse_rows('ddim')[0].kwargs == {}   # the sampler's default steps
 
 
 @pytest.mark.parametrize('spec, msg', [('ddim0', 'at least 1 step'), ('ddim10-eta1.5', 'eta must be in'),
-                                       ('dim10', 'unknown row'), ('ddim10,ddpm1000', 'unknown row'), (' , ', 'no rows')])
+                                       ('dim10', 'unknown row'), ('ddim10,ddpm1000', 'unknown row'), (' , ', 'no rows'),
+                                       ('ddim10-foo1', "no option 'foo'")])
 def test_parse_rows_errors(spec, msg):
     with pytest.raises(ValueError, match=msg): parse_rows(spec)
     with pytest.raises(TypeError, match='string'): parse_rows(['ddpm'])
@@ -51,7 +55,7 @@ def test_load_both_kinds(ckpts):
         assert bm.info['params'] == sum(p.numel() for p in bm.model.parameters())
         assert bm.schedule.n_steps == 10 and not bm.model.training
         assert bm.info['updates'] == 2 and bm.info['n_train'] == 64 and bm.info['epochs'] == 1
-        assert torch.allclose(bm.schedule.alpha_bar, make_schedule('cosine', 10).alpha_bar)
+        assert torch.allclose(bm.schedule.alpha_bar, Schedule.cosine(10).alpha_bar)
     assert s.info['train_seconds'] == 12.5 and s.info['train_cpu_seconds'] == 10.
     assert d.info['train_seconds'] > 0 and d.info['train_cpu_seconds'] > 0  # train_diffusers writes its own
     ck = torch.load(ckpts / 'diff' / 'checkpoint.pt', weights_only=True)  # the EMA weights are the ones loaded
@@ -82,22 +86,22 @@ class CountingNet(nn.Module):
 
 def tiny_model(T=10):
     info = dict(arch='counting', params=1, schedule='cosine', n_steps=T, n_train=0, epochs=0, updates=0, bs=1, lr=0., ema=0.)
-    return BenchModel('count', CountingNet(), make_schedule('cosine', T), info)
+    return BenchModel('count', CountingNet(), Schedule.cosine(T), info)
 
 
 def test_time_row_counts_network_calls():
     bm = tiny_model()
-    imgs, secs, cpu = time_row(bm, SamplerRow('ddpm', 0), n=6, bs=4, device='cpu')
+    imgs, secs, cpu = time_row(bm, SamplerRow('ddpm'), n=6, bs=4, device='cpu')
     assert imgs.shape == (6, 1, 32, 32) and imgs.abs().max() <= 1 and secs > 0 and cpu > 0
     assert bm.model.calls == 2 * 10  # two batches (4 + 2), every one of the T=10 steps
     bm.model.calls = 0
     time_row(bm, parse_rows('ddim4-eta1')[0], n=6, bs=8, device='cpu')
     assert bm.model.calls == 4
-    with pytest.raises(ValueError, match='trained with T=10'): time_row(bm, SamplerRow('ddim', 11, 0.), n=2)
+    with pytest.raises(ValueError, match='trained with T=10'): time_row(bm, SamplerRow.make('ddim', steps=11), n=2)
 
 
 def test_time_row_parts_resume(tmp_path):
-    bm, row = tiny_model(), SamplerRow('ddim', 3, 1.)
+    bm, row = tiny_model(), SamplerRow.make('ddim', steps=3, eta=1.)
     assert time_row(bm, row, n=5, bs=2, device='cpu', parts_dir=tmp_path, deadline=0.) is None  # past: nothing starts
     assert bm.model.calls == 0 and not list(tmp_path.iterdir())
     imgs, wall, cpu = time_row(bm, row, n=5, bs=2, device='cpu', parts_dir=tmp_path)
@@ -133,13 +137,13 @@ def test_bench_samplers_bookkeeping():
     assert len(ev.seen) == 5  # the floor was not recomputed
     with pytest.raises(ValueError, match='equal n'): bench_samplers([bm], 'ddim5', ev, n=8, results=res, log=None)
     res = bench_samplers([bm], 'ddim7', ev, n=4, device='cpu', results=res, log=None, deadline=0.)
-    assert res['pending'] == [['count', 'ddim7']] and len(res['rows']) == 3 and 'Not finished yet: count ddim7' in format_table(res)
+    assert res['pending'] == [['count', 'ddim7']] and len(res['rows']) == 3 and 'Not finished yet: count ddim7' in bench_table(res)
     res = bench_samplers([bm], 'ddim7', ev, n=4, device='cpu', results=res, log=None)
     assert res['pending'] == [] and res['rows'][-1]['row'] == 'ddim7'
     with pytest.raises(ValueError, match='at least 2'): bench_samplers([bm], 'ddim5', ev, n=1, log=None)
 
 
-def test_format_table_numbers():
+def test_bench_table_numbers():
     res = new_results(256)
     res['floor'] = dict(fid=4.0, kid=0.001)
     res['models']['m'] = dict(arch='from-scratch UNet', params=1234, schedule='linear', n_steps=1000, n_train=10_000,
@@ -147,15 +151,15 @@ def test_format_table_numbers():
                               train_cpu_seconds=90., final_loss=0.05)
     res['rows'] = [dict(model='m', row='ddim100', sampler='ddim', steps=100, eta=0., fid=10.0, kid=0.02, kid_std=0.,
                         seconds=64.0, cpu_seconds=32.0, hardware='CPU y')]
-    t = format_table(res)
+    t = bench_table(res)
     cells = lambda t: [c.strip() for c in [l for l in t.splitlines() if l.startswith('| m |')][0].split('|')[1:-1]]
     assert cells(t) == ['m', 'DDIM', '100', '0', '10.0', '2.5x', '0.0200', '64', '32', '125', '256']
     assert 's for 2,048 (CPU, extrapolated)' in t and 'FID 4.0' in t and '1,234 parameters' in t
     assert '2.0 min (1.5 min CPU time) on CPU x' in t and 'Sampling hardware: CPU y.' in t
-    assert cells(format_table(res, clock='wall'))[-2:] == ['250', '512']  # from the wall clock
+    assert cells(bench_table(res, clock='wall'))[-2:] == ['250', '512']  # from the wall clock
     res['rows'][0]['hardware'] = 'GPU H100'
-    assert 's for 2,048 (wall, extrapolated)' in format_table(res)  # a GPU row: the wall clock by default
-    with pytest.raises(ValueError, match="'cpu' or 'wall'"): format_table(res, clock='gpu')
+    assert 's for 2,048 (wall, extrapolated)' in bench_table(res)  # a GPU row: the wall clock by default
+    with pytest.raises(ValueError, match="'cpu' or 'wall'"): bench_table(res, clock='gpu')
 
 
 def test_script_errors_and_table_only(tmp_path, capsys):
@@ -168,3 +172,114 @@ def test_script_errors_and_table_only(tmp_path, capsys):
     (tmp_path / 'r.json').write_text(json.dumps(res))
     assert script.main(['--json', str(tmp_path / 'r.json'), '--table-only']) == 0
     assert 'Real-data floor at N=8' in capsys.readouterr().out
+
+
+def test_format_table():
+    t = format_table([dict(a=1.5, b='x', c=None), dict(a=2., b=3, c=True)], {'a': 'A', 'b': 'B', 'c': 'C'}, dict(a='.2f'))
+    assert t.splitlines() == ['| A | B | C |', '|---|---|---|', '| 1.50 | x | - |', '| 2.00 | 3 | True |']
+    assert format_table({'r': dict(v=0.5)}, index='name').splitlines()[2] == '| r | 0.5000 |'
+
+
+class TSpy(Callback):
+    "Record the t that DDPMCB drew for every training batch, one list per fit."
+    order = DDPMCB.order + 1
+    def __init__(self): self.ts = []
+    def before_fit(self, learn): self.ts.append([])
+    def before_batch(self, learn): self.ts[-1].append(learn.batch[0][1].cpu())
+
+
+def test_compare_t_weighting_trains_each_weighting():
+    "Each run must draw its t from its own weighting (a harness that ignored them would train every run alike)."
+    low = torch.zeros(10); low[:3] = 1.
+    spy = TSpy()
+    res = compare_t_weighting({'uniform': None, 'low': low}, n_train=64, n_valid=32, bs=32, channels=(8, 16), n_steps=10,
+                              n_buckets=2, cbs=[spy])
+    assert len(spy.ts) == 2
+    t_uniform, t_low = torch.cat(spy.ts[0]), torch.cat(spy.ts[1])
+    assert len(t_low) == 64 and t_low.max() < 3           # only the favoured steps
+    assert t_uniform.max() >= 3                           # P(64 uniform draws all < 3) = 0.3**64
+    assert not torch.allclose(res['uniform']['loss_by_t'], res['low']['loss_by_t'])
+    t = t_weighting_table(res, n_steps=10)
+    assert t.splitlines()[0] == '| t | uniform | low | low/uniform |' and '| mean |' in t
+
+
+class ScaleNet(nn.Module):
+    "A one-parameter noise predictor: trains in a blink."
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+    def forward(self, x, t): return self.w * x
+
+
+def test_ddpm_quality_floor_is_scored_on_real_images():
+    ev = StubEval()
+    x_real = fashion_tensors('test')[0][100:104]
+    r = ddpm_quality(ScaleNet(), fashion_tensors('train')[0][:64], n_epochs=1, bs=32, n_steps=10, n_samples=4,
+                     sample_bs=4, evaluator=ev, x_real=x_real)
+    assert len(ev.seen) == 2
+    assert torch.equal(ev.seen[0], r['samples']) and r['samples'].shape == (4, 1, 32, 32)
+    assert torch.equal(ev.seen[1], x_real)                   # the floor: real images, not the samples
+    assert r['floor']['fid'] == pytest.approx(float(x_real.mean()) + 2)
+    assert r['scores']['fid'] == pytest.approx(float(r['samples'].mean()) + 2) and r['floor']['fid'] != r['scores']['fid']
+    r = ddpm_quality(ScaleNet(), fashion_tensors('train')[0][:64], n_epochs=1, bs=32, n_steps=10, n_samples=4,
+                     sample_bs=4, evaluator=StubEval())
+    assert r['floor']['fid'] == pytest.approx(float(fashion_tensors('test')[0][:4].mean()) + 2)  # default: the first test images
+
+
+# ---- harnesses moved here from init, guidance and timesteps ----------------------------------------------------
+
+def test_diverged():
+    from ddpm_from_scratch.experiments import diverged
+    assert diverged([1.0, float('nan')]) and diverged([])
+    assert diverged([0.2] * 20 + [1.0] * 10)  # blew up and stayed up
+    assert not diverged([1.0] * 10 + [0.1] * 10)  # learned
+    assert not diverged([0.9] * 20 + [1.0] * 10)  # never learned, but did not blow up either
+    noisy = [0.08 + 0.04 * ((-1) ** i) for i in range(40)]  # a healthy run whose batches vary a lot
+    assert not diverged(noisy)
+    assert diverged([1.0, 0.3, 0.9], n=1)  # the window shrinks for short runs
+
+
+def test_loss_curve_is_reproducible_and_compare_runs():
+    import math
+    from ddpm_from_scratch.data import DataLoaders
+    from ddpm_from_scratch.experiments import compare_init, loss_curve
+    x = torch.rand(64, 1, 32, 32) * 2 - 1
+    dls = DataLoaders.from_tensors((x,), (x[:16],), 16)
+    a = loss_curve(True, 1e-5, dls, lr=1e-3)
+    assert len(a) == 4 and all(map(math.isfinite, a))
+    assert abs(a[0] - 1) < 0.2  # init_ddpm predicts zero noise: the first loss is E[eps^2] ~ 1
+    res = compare_init(dls, lr=1e-3, plot=False)
+    assert set(res) == {'default init, eps=1e-8', 'init_ddpm, eps=1e-5'}
+    assert res['init_ddpm, eps=1e-5'] == a  # same seed, same batches, same noise: reproducible
+    assert res['default init, eps=1e-8'] != a and len(res['default init, eps=1e-8']) == 4
+
+
+def test_guidance_table():
+    from ddpm_from_scratch.experiments import guidance_table
+    row = dict(acc=0.5, fid=12.345, kid=0.0021, n=40, sample_s=3.)
+    txt = guidance_table({'w=1': row, 'real': row})
+    assert 'w=1' in txt and 'real' in txt and '12.35' in txt and '2.10' in txt
+
+
+def test_time_experiment_small():
+    from ddpm_from_scratch.experiments import time_experiment, time_table
+    from ddpm_from_scratch.fid import ImageEval
+    g = torch.Generator().manual_seed(3)
+    images = lambda n, seed: torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    torch.manual_seed(0)
+    feats = nn.Sequential(nn.Conv2d(1, 8, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    ev = ImageEval(feats, images(64, 3), kid_n=64)
+    x = images(64, 4)
+    res = time_experiment(x, x[:8], channels=(16, 32), n_epochs=1, bs=16, n_steps=50, record_at=(2, 4), n_buckets=3,
+                          n_samples=4, sample_steps=3, evaluator=ev)
+    assert set(res) == {'with t', 'without t', 'real'}
+    for k in ('with t', 'without t'):
+        assert sorted(res[k]['history']) == [0, 2, 4] and res[k]['history'][4].shape == (3,)
+        assert res[k]['samples'].shape == (4, 1, 32, 32) and res[k]['scores']['n'] == 4
+        assert res[k]['noisy'] in (0., 0.25, 0.5, 0.75, 1.)  # a fraction of 4 samples
+    assert res['real']['noisy'] == 1.  # uniform random pixels are all "noisy" by the MAD measure
+    assert res['with t']['n_params'] > res['without t']['n_params']  # the time MLP is gone
+    txt = time_table(res, 50)
+    assert 'without t' in txt and 'FID' in txt and 'real' in txt
+    with pytest.raises(ValueError, match='only 4'):
+        time_experiment(x, x[:8], channels=(16, 32), bs=16, record_at=(10,), n_samples=0)

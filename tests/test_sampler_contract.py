@@ -1,0 +1,90 @@
+"""The sampler contract: every sampler registered in `ddim.SAMPLERS` (the `sampler` fixture in conftest.py) keeps the
+shared interface `f(model, x, schedule, *, generator=None, progress=True, callback=None, **options)`.
+Registering a new sampler is enough to have it checked here."""
+import inspect
+
+import torch
+
+from conftest import make_tiny_unet
+from ddpm_from_scratch.ddim import sampler_options
+from ddpm_from_scratch.ddpm import abar_cos, linear_schedule
+
+SCHED = linear_schedule(n_steps=20)
+SHAPE = (2, 1, 16, 16)
+KEYS = {'i', 't', 'x', 'x0', 'x_prev'}
+
+
+class Counting(torch.nn.Module):
+    "Wraps a model: counts its calls, records the t it sees and whether it was in eval mode."
+    def __init__(self, model): super().__init__(); self.model, self.ts, self.modes = model, [], []
+    def forward(self, x, t):
+        self.ts.append(t.detach().cpu().clone()); self.modes.append(self.training)
+        return self.model(x, t)
+
+
+def gen(seed): return torch.Generator().manual_seed(seed)
+
+
+def test_sampler_contract(sampler, capsys):
+    name, f = sampler
+    opts = sampler_options(name)
+    few = dict(steps=5) if 'steps' in opts else {}  # keep samplers with a step count quick
+    run = lambda model, x, schedule=SCHED, **kw: f(model, x, schedule, progress=False, **{**few, **kw})
+
+    # the signature: (model, x, schedule) then the shared keywords; every option has a default
+    ps = inspect.signature(f).parameters
+    assert list(ps)[:3] == ['model', 'x', 'schedule']
+    assert {k: (ps[k].kind, ps[k].default) for k in ('generator', 'progress', 'callback')} == {
+        'generator': (ps['generator'].KEYWORD_ONLY, None), 'progress': (ps['progress'].KEYWORD_ONLY, True),
+        'callback': (ps['callback'].KEYWORD_ONLY, None)}
+    assert all(v is not inspect.Parameter.empty for v in opts.values()), opts
+
+    # shapes: from a shape, and from x_T (the same as drawing x_T from the generator first)
+    m = make_tiny_unet(randomise=True)
+    out = run(m, SHAPE, generator=gen(0))
+    assert out.shape == SHAPE and out.dtype == torch.float32 and torch.isfinite(out).all()
+    g = gen(0); x_T = torch.randn(SHAPE, generator=g)
+    torch.testing.assert_close(run(m, x_T, generator=g), out)
+    assert run(m, torch.randn(3, 1, 16, 16)).shape == (3, 1, 16, 16)
+
+    # determinism under a seeded generator
+    assert torch.equal(run(m, SHAPE, generator=gen(0)), out)
+    assert not torch.allclose(run(m, SHAPE, generator=gen(1)), out)
+
+    # eval mode inside, the training flag restored (both cases)
+    for training in (True, False):
+        cm = Counting(m).train(training)
+        run(cm, SHAPE)
+        assert cm.training == training and cm.model.training == training and not any(cm.modes)
+
+    # the callback: once per model call, in order, with the documented keys, chaining x_prev to the next x
+    cm, seen = Counting(m), []
+    out = run(cm, SHAPE, generator=gen(2), callback=seen.append)
+    assert len(seen) == len(cm.ts) >= 1 and [d['i'] for d in seen] == list(range(len(seen)))
+    assert all(set(d) == KEYS and d['x'].shape == d['x0'].shape == d['x_prev'].shape == SHAPE for d in seen)
+    assert [d['t'] for d in seen] == [t[0].item() for t in cm.ts]
+    assert all(a['t'] > b['t'] for a, b in zip(seen, seen[1:]))  # time runs backwards
+    for a, b in zip(seen, seen[1:]): assert torch.equal(a['x_prev'], b['x'])
+    assert torch.equal(seen[-1]['x_prev'], out)
+
+    # device: the model's ('meta' makes a sampler that ignores it fail), also when x_T lives elsewhere
+    mm = make_tiny_unet().to('meta')
+    assert run(mm, SHAPE).device.type == 'meta'
+    assert run(mm, torch.randn(SHAPE)).device.type == 'meta'
+
+    # continuous time (an alpha-bar function): the model sees float t in [0, 1]; or a clear TypeError
+    cm = Counting(m)
+    if getattr(f, 'continuous_time', False):
+        a = run(cm, SHAPE, abar_cos, generator=gen(0))
+        assert a.shape == SHAPE and torch.isfinite(a).all() and torch.equal(a, run(m, SHAPE, abar_cos, generator=gen(0)))
+        assert all(t.is_floating_point() and 0 <= t.min() and t.max() <= 1 for t in cm.ts)
+    else:
+        try: run(cm, SHAPE, abar_cos); raise AssertionError(f"{name} accepted an alpha-bar function without continuous_time")
+        except TypeError: assert not cm.ts  # refused before calling the model
+
+    # progress=False prints nothing; progress=True shows a bar
+    capsys.readouterr()
+    run(m, SHAPE)
+    assert capsys.readouterr() == ('', '')
+    f(m, SHAPE, SCHED, **few)
+    assert capsys.readouterr().err
