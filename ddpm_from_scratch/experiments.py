@@ -172,7 +172,7 @@ def load_bench_model(path, # A checkpoint file, or a folder holding checkpoint.p
     path = Path(path)
     ck = load_checkpoint(path)
     folder = path if path.is_dir() else path.parent
-    cfg = TrainConfig(**ck['config'])
+    cfg = TrainConfig.from_dict(ck['config'])
     arch = ck.get('arch', 'scratch')
     if arch == 'diffusers':
         kw = ck.get('unet_kwargs')

@@ -136,8 +136,8 @@ def test_outputs_get_the_umask_mode(tmp_path):
 
 
 def test_help_explains_every_flag():
-    for name, flags in (('ddpm_train', ['--out', '--epochs', '--schedule', '--resume', '--mixed_precision', '--ema']),
-                        ('ddpm_sample', ['--ckpt', '--sampler', '--steps', '--eta', '--seed', '--tensor']),
+    for name, flags in (('ddpm_train', ['--out', '--epochs', '--schedule', '--resume', '--precision', '--minutes', '--ckpt_minutes', '--ema']),
+                        ('ddpm_sample', ['--ckpt', '--sampler', '--steps', '--eta', '--seed', '--tensor', '--classes', '--w']),
                         ('ddpm_eval', ['--ckpt', '--n', '--sampler', '--steps', '--eta'])):
         p = subprocess.run([cmd(name), '--help'], capture_output=True, text=True, env=ENV)
         assert p.returncode == 0
@@ -206,3 +206,49 @@ def test_config_is_the_single_source_of_truth():
     for bad in (dict(schedule='quadratic'), dict(n_classes=0), dict(p_uncond=2.), dict(warmup=1.), dict(n_train=8, bs=64)):
         with pytest.raises(UserError): TrainConfig(**bad)
     with pytest.raises(UserError, match='channels'): build_model(TrainConfig(channels=(3, 5)))
+
+
+def test_minutes_sets_the_steps_from_the_measured_speed(tmp_path):
+    "A time budget becomes a step count recorded in the config; the run ends near the budget; resume keeps the count."
+    from ddpm_from_scratch.cli import train_ddpm
+    cfg = TrainConfig(channels=(8, 16), bs=32, n_train=256, n_steps=50, ema=0.9)
+    t0 = time.time()
+    ck = load_checkpoint(train_ddpm(cfg, tmp_path / 'b', progress=False, n_samples=0, minutes=0.1))
+    secs = time.time() - t0
+    steps = ck['config']['total_steps']
+    assert steps > 20 and ck['step'] == steps and 3 < secs < 15, (steps, secs)   # 6 s asked for
+    assert TrainConfig.from_dict(ck['config']).epochs == -(-steps // 8)
+    # --resume with the same --minutes continues the same run (its recorded step count), here: nothing left to do
+    again = train_ddpm(cfg, tmp_path / 'b', resume=True, progress=False, n_samples=0, minutes=0.1)
+    assert load_checkpoint(again)['step'] == steps
+    with pytest.raises(UserError, match='minutes'): train_ddpm(cfg, tmp_path / 'c', progress=False, minutes=-1)
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
+    p = run('ddpm_train', '--out', 'new', '--epochs', '1', '--resume', *TINY, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert 'starts from the beginning' in p.stdout and load_checkpoint(tmp_path / 'new')['epoch'] == 1
+
+
+def test_precision_is_resolved_and_reported(tmp_path):
+    from ddpm_from_scratch.mixed import native_bf16
+    p = run('ddpm_train', '--out', 'p', '--epochs', '1', *[a for a in TINY if a != '--quiet'], '--precision', 'fp32', cwd=tmp_path)
+    assert p.returncode == 0 and 'precision: fp32 (as asked)' in p.stdout, p.stdout
+    p = run('ddpm_train', '--out', 'a', '--epochs', '1', *[a for a in TINY if a != '--quiet'], cwd=tmp_path)
+    assert p.returncode == 0 and f"precision: {'bf16' if native_bf16('cpu') else 'fp32'} (auto" in p.stdout, p.stdout
+    assert_user_error(run('ddpm_train', '--out', 'x', '--precision', 'fp8', *TINY, cwd=tmp_path), 'precision')
+    # checkpoints written before `precision` existed still load
+    old = dict(TrainConfig().__dict__); old.pop('precision'); old.pop('total_steps'); old['mixed_precision'] = True
+    assert TrainConfig.from_dict(old).precision == 'bf16'
+
+
+def test_class_conditional_sampling_and_pretrained(tmp_path):
+    assert run('ddpm_train', '--out', 'c', '--epochs', '1', '--n_classes', '10', *TINY, cwd=tmp_path).returncode == 0
+    p = run('ddpm_sample', '--ckpt', 'c', '--n', '4', '--steps', '3', '--classes', '1,7', '--w', '2', '--tensor', 'c.pt',
+            '--quiet', cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert torch.load(tmp_path / 'c.pt').shape == (4, 1, 32, 32)
+    assert_user_error(run('ddpm_sample', '--ckpt', 'c', '--classes', '10', '--quiet', cwd=tmp_path), 'classes', '[0, 9]')
+    assert_user_error(run('ddpm_sample', '--ckpt', 'c', '--classes', 'x', '--quiet', cwd=tmp_path), 'classes')
+    assert run('ddpm_train', '--out', 'u', '--epochs', '1', *TINY, cwd=tmp_path).returncode == 0
+    assert_user_error(run('ddpm_sample', '--ckpt', 'u', '--classes', 'all', '--quiet', cwd=tmp_path), 'class-conditional')

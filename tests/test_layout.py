@@ -72,3 +72,19 @@ def test_module_docstring_is_complete(mod):
     doc = ast.get_docstring(ast.parse((PKG / f'{mod}.py').read_text()))
     assert doc, f'{mod}.py has no docstring'
     assert doc.rstrip().endswith(('.', ')', '`')), f'{mod}.py docstring looks cut off: {doc[-60:]!r}'
+
+
+def test_notebook_import_cells_hold_only_imports():
+    "nbdev's doc build runs import cells on their own: a cell with an import statement must hold nothing else."
+    import json
+    bad = []
+    for nb in sorted((PKG.parent / 'nbs').glob('*.ipynb')):
+        for i, cell in enumerate(json.loads(nb.read_text())['cells']):
+            if cell['cell_type'] != 'code': continue
+            src = '\n'.join(l for l in ''.join(cell['source']).splitlines() if not l.lstrip().startswith('#|'))
+            if src.strip() == 'import nbdev; nbdev.nbdev_export()': continue  # nbdev's own closing cell
+            try: body = ast.parse(src).body
+            except SyntaxError: continue  # cell magics
+            is_imp = [isinstance(n, (ast.Import, ast.ImportFrom)) for n in body]
+            if any(is_imp) and not all(is_imp): bad.append(f'{nb.name} cell {i}: {src[:60]!r}')
+    assert not bad, bad
