@@ -6,11 +6,12 @@
 __all__ = ['CKPT_FORMAT', 'PRETRAINED', 'UserError', 'TrainConfig', 'build_model', 'build_schedule', 'save_checkpoint',
            'load_checkpoint', 'pretrained_path', 'model_from_checkpoint', 'load_model', 'load_pretrained',
            'warmup_cosine', 'WarmupCosineCB', 'global_step', 'ResumeCB', 'WarmupEMA', 'EMACB', 'CheckpointCB',
-           'train_dls', 'fit_recipe', 'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid',
-           'run_cli', 'ddpm_train', 'ddpm_sample', 'ddpm_eval']
+           'process_rank', 'is_main', 'unwrap', 'ShardBatchCB', 'RankLogCB', 'train_dls', 'fit_recipe', 'StepTimerCB',
+           'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid', 'run_cli', 'ddpm_train', 'ddpm_sample',
+           'ddpm_eval']
 
 # %% ../nbs/12_cli.ipynb #9a7d685a
-import copy, json, math, statistics, sys, time
+import copy, hashlib, json, math, os, statistics, sys, time
 from contextlib import suppress
 from dataclasses import dataclass, asdict, fields, replace
 from functools import partial
@@ -29,7 +30,7 @@ from .ddim import SAMPLERS, generate, sample, sampler_options
 from .fid import evaluate
 from .guidance import GuidedModel
 from .learner import Callback, CancelBatchException, CancelEpochException, DeviceCB, ProgressCB
-from .mixed import PRECISIONS, NonFiniteLossError, precision_cb, resolve_precision
+from .mixed import PRECISIONS, AccelerateCB, FiniteLossCB, NonFiniteLossError, precision_cb, resolve_precision
 from .unet import UNet
 
 # %% ../nbs/12_cli.ipynb #f92e5d0f
@@ -276,13 +277,61 @@ class CheckpointCB(Callback):
     def save(self, learn, epoch:int, it:int, step:int):
         "Write the checkpoint: `epoch` whole epochs and `it` batches of the next one done, `step` optimiser steps."
         ema = self.ema
-        save_checkpoint(self.path, config=asdict(self.cfg), epoch=epoch, iter=it, step=step, model=learn.model.state_dict(),
+        save_checkpoint(self.path, config=asdict(self.cfg), epoch=epoch, iter=it, step=step, model=unwrap(learn.model).state_dict(),
                         ema=None if ema is None else ema.model.state_dict(),
                         ema_full=None if ema is None else ema.state_dict(), opt=learn.opt.state_dict(),
                         history=self.history, epoch_losses=self.losses if it else [], rng=torch.get_rng_state(), **self.extra)
         self.last = time.time()
 
 # %% ../nbs/12_cli.ipynb #a4090233
+def process_rank()->tuple:
+    "`(rank, world_size)` of this process: `(0, 1)` unless launched by `accelerate launch` or `torchrun`, which set `RANK`/`WORLD_SIZE`."
+    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+
+def is_main()->bool:
+    "Whether this is the process that writes files and prints (rank 0; the only one when not distributed)."
+    return process_rank()[0] == 0
+
+def unwrap(model):
+    "The plain network inside a `DistributedDataParallel` wrapper (the model itself otherwise)."
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+def _map_tensors(f, b):
+    if isinstance(b, (list, tuple)): return type(b)(_map_tensors(f, o) for o in b)
+    return f(b) if isinstance(b, torch.Tensor) else b
+
+class ShardBatchCB(Callback):
+    "Distributed training: keep this process's slice of every (noisified) batch, so that `bs` stays the batch of all processes together."
+    order = DDPMCB.order + 2  # after DDPMCB drew the noise of the whole batch (the same on every rank), before the model sees it
+    def __init__(self, rank:int, world:int): self.rank, self.world = rank, world
+    def before_batch(self, learn):
+        if not learn.training: return
+        def part(t):
+            n = len(t) // self.world
+            return t[self.rank * n:(self.rank + 1) * n]
+        learn.batch = _map_tensors(part, learn.batch)
+
+def _sha(ts)->str:
+    h = hashlib.sha256()
+    for t in ts: h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+class RankLogCB(Callback):
+    "Debugging a distributed run: write `folder/rank{r}.json` with a hash of each batch this rank trained on and of its final weights."
+    order = ShardBatchCB.order + 1
+    def __init__(self, folder): self.folder = Path(folder)
+    def before_fit(self, learn): self.batches = []
+    def after_step(self, learn): self.batches.append(_sha(t for t in learn.batch[0] if t.is_floating_point()))
+    def after_fit(self, learn):
+        rank, world = process_rank()
+        ema = getattr(learn, 'ema', None) or next((cb for cb in learn.cbs if isinstance(cb, EMACB)), None)
+        d = dict(rank=rank, world=world, batches=self.batches, weights=_sha(unwrap(learn.model).state_dict().values()),
+                 ema=None if ema is None else _sha(ema.model.state_dict().values()))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f'rank{rank}.json').write_text(json.dumps(d))
+
+_ACC_PRECISION = dict(fp32='no', bf16='bf16', fp16='fp16')
+
 def train_dls(cfg:TrainConfig)->DataLoaders:
     "The first `cfg.n_train` training images (with their labels if `cfg.n_classes`), and 1,024 test images."
     x, y = fashion_tensors('train'); xv, yv = fashion_tensors('test')
@@ -302,6 +351,10 @@ def fit_recipe(cfg:TrainConfig, # The run's configuration
                ckpt_every:float=None # Seconds between checkpoints within an epoch; None: at epoch ends only
               ):
     "Train with the project's one recipe; returns the Learner (`learn.ema` is the `EMACB`, or None; `learn.precision`)."
+    rank, world = process_rank()
+    if world > 1 and cfg.bs % world:
+        raise UserError(f"bs={cfg.bs} is the batch of all {world} processes together, so it must be a multiple of {world}")
+    progress = progress and rank == 0
     set_seed(cfg.seed)
     if model is None: model = build_model(cfg)
     if dls is None: dls = train_dls(cfg)
@@ -309,10 +362,15 @@ def fit_recipe(cfg:TrainConfig, # The run's configuration
     prec, why = resolve_precision(cfg.precision, dev.type)
     if prec == 'fp32' and dev.type == 'cpu': model = model.to(memory_format=torch.channels_last)  # faster fp32 convolutions on CPUs
     if progress: print(f"precision: {prec} ({why})")
+    if world == 1: train = [precision_cb(prec)]
+    else:  # accelerate wraps the model for DDP (averaging the gradients) and handles the precision; each rank trains on its slice
+        acb = AccelerateCB(_ACC_PRECISION[prec], shard_dls=False, cpu=dev.type == 'cpu')
+        dev, train = acb.acc.device, [acb, FiniteLossCB(), ShardBatchCB(rank, world)]
     ema = EMACB(cfg.ema, None if state is None else state.get('ema_full')) if cfg.ema else None
-    recipe = [ResumeCB(cfg.seed, state, cfg.total_steps or None), precision_cb(prec)]
+    recipe = [ResumeCB(cfg.seed, state, cfg.total_steps or None), *train]
     if ema is not None: recipe.append(ema)
-    if path is not None: recipe.append(CheckpointCB(path, cfg, ema, state, extra, ckpt_every))
+    if path is not None and rank == 0: recipe.append(CheckpointCB(path, cfg, ema, state, extra, ckpt_every))
+    if os.environ.get('DDPM_RANK_LOG'): recipe.append(RankLogCB(os.environ['DDPM_RANK_LOG']))
     if progress: recipe.append(ProgressCB())
     learn = fit_ddpm(model, dls, cfg.epochs, cfg.lr, cb=DDPMCB(build_schedule(cfg), cond=cfg.n_classes, p_uncond=cfg.p_uncond),
                      cbs=[*recipe, *cbs], opt_func=adam_opt(), metrics=progress, progress=False, valid=False,
@@ -354,7 +412,7 @@ def _out_dir(path)->Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / '.write_test'
+        probe = path / f'.write_test.{os.getpid()}'  # one per process: several may check at once
         probe.write_bytes(b''); probe.unlink()
     except OSError as e: raise UserError(f"cannot write to output directory {path}: {e.strerror}") from None
     return path
@@ -365,6 +423,9 @@ def _budget(cfg:TrainConfig, minutes:float, t0:float, model, device, progress:bo
     step_s = measure_step_seconds(cfg, model, device=device)
     left = 60 * minutes - (time.time() - t0)
     steps = max(1, int(0.98 * left / step_s))   # 2% for the sample grid, checkpoints and start-up
+    if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's count
+        from accelerate.utils import broadcast_object_list
+        steps = broadcast_object_list([steps])[0]
     if progress: print(f"time budget {minutes:g} min: {step_s:.3f} s per step measured, so {steps} steps "
                        f"({steps / cfg.batches_per_epoch():.2f} epochs)")
     return replace(cfg, total_steps=steps)
@@ -391,18 +452,19 @@ def train_ddpm(cfg:TrainConfig, # The run's configuration
               )->Path:
     "Train a DDPM on Fashion-MNIST with `fit_recipe`, checkpointing as it goes; returns the checkpoint's path."
     t0, created = time.time(), _new_dirs(out)
+    progress = progress and is_main()
     try:
         out = _out_dir(out)
         ckpt_path, ck = out / 'checkpoint.pt', None
         if resume and not ckpt_path.exists():
-            print(f"--resume: {ckpt_path} does not exist yet, so this run starts from the beginning.")
+            if is_main(): print(f"--resume: {ckpt_path} does not exist yet, so this run starts from the beginning.")
             resume = False
         if resume:
             ck = load_checkpoint(ckpt_path)
             if minutes: cfg = replace(cfg, total_steps=TrainConfig.from_dict(ck['config']).total_steps)  # the budget was fixed at the start
             _check_resume(ck, cfg)
             if ck.get('step', ck['epoch'] * cfg.batches_per_epoch()) >= cfg.run_steps():
-                print(f"{ckpt_path} already holds all {cfg.run_steps()} steps; nothing to do.")
+                if is_main(): print(f"{ckpt_path} already holds all {cfg.run_steps()} steps; nothing to do.")
                 return ckpt_path
         elif ckpt_path.exists():
             raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
@@ -413,8 +475,8 @@ def train_ddpm(cfg:TrainConfig, # The run's configuration
         for d in created:  # a run that fails before its first checkpoint leaves no empty folders behind
             with suppress(OSError): d.rmdir()
         raise
-    if n_samples:
-        net = learn.model if learn.ema is None else learn.ema.model
+    if n_samples and is_main():
+        net = unwrap(learn.model) if learn.ema is None else learn.ema.model
         imgs = generate(net, build_schedule(cfg), n_samples, 'ddim', seed=cfg.seed, progress=progress,
                         steps=min(sample_steps, cfg.n_steps))
         save_grid(imgs, out / 'samples.png')
@@ -532,7 +594,7 @@ def ddpm_train(
         t0 = time.time()
         path = train_ddpm(cfg, out, resume=resume, device=device, progress=not quiet, n_samples=samples,
                           minutes=minutes, ckpt_minutes=ckpt_minutes)
-        print(f"checkpoint: {path}\nsamples: {Path(out) / 'samples.png'}\ntime: {time.time() - t0:.0f}s")
+        if is_main(): print(f"checkpoint: {path}\nsamples: {Path(out) / 'samples.png'}\ntime: {time.time() - t0:.0f}s")
     return run_cli(go)
 
 # %% ../nbs/12_cli.ipynb #d5b5e146

@@ -142,16 +142,18 @@ class AccelerateCB(Callback):
     "Train with a Hugging Face `Accelerator`: prepare model, optimiser and dataloaders; `backward` through it."
     order = DeviceCB.order + 10
     def __init__(self, mixed_precision:str='no', # 'no', 'bf16' or 'fp16', handled by accelerate
+                 shard_dls:bool=True, # With several processes, let accelerate deal the batches out to them; False: every process
+                                      # iterates all batches (the caller gives each its part, e.g. `cli.ShardBatchCB`)
                  **kwargs # Passed to `accelerate.Accelerator`, e.g. `cpu=True`
                 ):
         from accelerate import Accelerator  # here, not at the top: importing accelerate is slow and only this class needs it
         self.acc = Accelerator(mixed_precision=mixed_precision, **kwargs)
-        self.model = self.opt = None
+        self.shard_dls, self.model, self.opt = shard_dls, None, None
 
     def before_fit(self, learn):
         if learn.model is not self.model:
             learn.model, learn.opt = self.acc.prepare(learn.model, learn.opt)
-            if self.acc.num_processes > 1:
+            if self.acc.num_processes > 1 and self.shard_dls:
                 learn.dls.train, learn.dls.valid = self.acc.prepare(learn.dls.train, learn.dls.valid)
             else: learn.dls.train, learn.dls.valid = (_DeviceDL(dl, self.acc.device) for dl in (learn.dls.train, learn.dls.valid))
         elif learn.opt is not self.opt: learn.opt = self.acc.prepare(learn.opt)  # a new optimiser from fit(lr=...)
