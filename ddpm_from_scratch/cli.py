@@ -424,7 +424,7 @@ def _budget(cfg:TrainConfig, minutes:float, t0:float, model, device, progress:bo
     left = 60 * minutes - (time.time() - t0)
     steps = max(1, int(0.98 * left / step_s))   # 2% for the sample grid, checkpoints and start-up
     if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's count
-        from accelerate.utils import broadcast_object_list
+        from accelerate.utils import broadcast_object_list  # only under several processes; accelerate is slow to import
         steps = broadcast_object_list([steps])[0]
     if progress: print(f"time budget {minutes:g} min: {step_s:.3f} s per step measured, so {steps} steps "
                        f"({steps / cfg.batches_per_epoch():.2f} epochs)")
