@@ -18,7 +18,7 @@ from ddpm_from_scratch.unet import UNet
 
 RECIPE = dict(unet=dict(channels=(32, 64, 128), n_res=2, attn_res=(8,), n_classes=10),
               schedule='linear', beta_min=1e-4, beta_max=0.02, n_steps=1000,
-              total_steps=9000, bs=128, lr=2e-3, warmup=300, ema=0.9995, p_uncond=0.1, flip=True,
+              total_steps=7000, bs=128, lr=2e-3, warmup=300, ema=0.9995, p_uncond=0.1, flip=True,
               precision='bf16', seed=0)
 
 def lr_at(step, r):
@@ -44,20 +44,20 @@ def main():
     beta = torch.linspace(r['beta_min'], r['beta_max'], r['n_steps'], dtype=torch.float64)
     abar = torch.cumprod(1 - beta, 0).float()
     g = torch.Generator().manual_seed(r['seed'] + 1)
-    step, cpu0, log = 0, 0., []
+    step, cpu0, log, notes = 0, 0., [], []
     ck_path = out / 'ckpt.pt'
     if ck_path.exists():
         ck = torch.load(ck_path, weights_only=False)
         if ck['recipe'] != json.loads(json.dumps(r)): raise SystemExit(f"{ck_path} was trained with another recipe")
         model.load_state_dict(ck['model']); ema.load_state_dict(ck['ema']); opt.load_state_dict(ck['opt'])
-        g.set_state(ck['gen']); step, cpu0, log = ck['step'], ck['cpu_seconds'], ck['log']
+        g.set_state(ck['gen']); step, cpu0, log, notes = ck['step'], ck['cpu_seconds'], ck['log'], ck.get('notes', [])
         print(f"resumed at step {step}", flush=True)
     nb = len(x) // r['bs']
     c_start, w_last, losses = time.process_time(), time.time(), []
     def checkpoint():
         save_atomic(dict(recipe=json.loads(json.dumps(r)), model=model.state_dict(), ema=ema.state_dict(),
                          opt=opt.state_dict(), gen=g.get_state(), step=step,
-                         cpu_seconds=cpu0 + time.process_time() - c_start, log=log), ck_path)
+                         cpu_seconds=cpu0 + time.process_time() - c_start, log=log, notes=notes), ck_path)
     while step < r['total_steps']:
         epoch, i = divmod(step, nb)
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(r['seed'] * 1000 + epoch))

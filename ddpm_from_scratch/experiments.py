@@ -189,8 +189,8 @@ def load_bench_model(path, # A checkpoint file, or a folder holding checkpoint.p
     else: raise UserError(f"{path}: unknown arch {arch!r} (expected 'scratch' or 'diffusers')")
     n_batches = (cfg.n_train or 60_000) // cfg.bs
     info = dict(arch=desc, params=_n_params(model), schedule=cfg.schedule, n_steps=cfg.n_steps,
-                n_train=cfg.n_train or 60_000, epochs=ck['epoch'], bs=cfg.bs, lr=cfg.lr, ema=cfg.ema if ema else 0.,
-                updates=n_batches * ck['epoch'], final_loss=(ck.get('history') or [None])[-1], path=str(path))
+                n_train=cfg.n_train or 60_000, epochs=round(ck['step'] / n_batches, 2) if 'step' in ck else ck['epoch'], bs=cfg.bs, lr=cfg.lr, ema=cfg.ema if ema else 0.,
+                updates=ck.get('step', n_batches * ck['epoch']), final_loss=(ck.get('history') or [None])[-1], path=str(path))
     if (folder / 'train_info.json').exists(): info.update(json.loads((folder / 'train_info.json').read_text()))
     return BenchModel(name or folder.name, model.eval(), build_schedule(cfg), info)
 
@@ -298,7 +298,7 @@ def bench_table(res:dict, # The results of `bench_samplers`
         on = f" on {m['train_hardware']}" if 'train_hardware' in m else ''
         loss = f", final training loss {m['final_loss']:.4f}" if m.get('final_loss') is not None else ''
         lines.append(f"- **{name}**: {m['arch']}, {m['params']:,} parameters, {m['schedule']} schedule (T={m['n_steps']}); "
-                     f"trained on {m['n_train']:,} images x {m['epochs']} epoch{'s' if m['epochs'] != 1 else ''} = {m['updates']:,} updates of {m['bs']} "
+                     f"trained on {m['n_train']:,} images x {m['epochs']:g} epoch{'s' if m['epochs'] != 1 else ''} = {m['updates']:,} updates of {m['bs']} "
                      f"(lr {m['lr']:g}, EMA {m['ema']:g}){mins}{on}{loss}.")
     hws = sorted({r['hardware'] for r in res['rows']})
     lines += ['', "Sampling hardware: " + '; '.join(hws) + '.']
