@@ -100,3 +100,16 @@ def test_to_device_moves_every_tensor():
     assert out['a'][1][1].n == 5 and out['b'] == 3 and out['s'] == 'text'       # non-tensors untouched
     assert batch['a'][0].device.type == 'cpu'                                    # the input is not modified
     assert to_device(torch.zeros(2), torch.device('meta')).device.type == 'meta'
+
+
+def test_default_device_warns_on_mps_and_obeys_the_override(monkeypatch):
+    import warnings
+    from ddpm_from_scratch import data
+    monkeypatch.delenv('DDPM_DEVICE', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: True)
+    with pytest.warns(UserWarning, match='DDPM_DEVICE=cpu'): assert data.default_device().type == 'mps'
+    monkeypatch.setenv('DDPM_DEVICE', 'cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert data.default_device().type == 'cpu'   # the way out: no MPS, no warning
