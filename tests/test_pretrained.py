@@ -1,0 +1,49 @@
+"The shipped reference model: small, versioned, described by its JSON, loadable, and good enough to recognise."
+import hashlib, json, os, shutil, subprocess
+
+import torch
+
+from ddpm_from_scratch.cli import PRETRAINED, TrainConfig, build_schedule, load_checkpoint, load_pretrained, pretrained_path
+from ddpm_from_scratch.classifier import accuracy, load_classifier
+from ddpm_from_scratch.guidance import guided_sample
+from ddpm_from_scratch.unet import UNet
+
+
+def facts(): return json.loads(pretrained_path().with_suffix('.json').read_text())
+
+
+def test_asset_is_small_versioned_float16_and_described():
+    p = pretrained_path()
+    assert p.name == f'{PRETRAINED}.pt' and p.stat().st_size <= 10 * 2**20
+    f = facts()
+    assert f['version'] == PRETRAINED.rsplit('_', 1)[-1] and f['file'] == p.name
+    assert f['sha256'] == hashlib.sha256(p.read_bytes()).hexdigest()    # the JSON describes exactly this file
+    ck = load_checkpoint(p)
+    assert all(v.dtype == torch.float16 for v in ck['model'].values()) and ck['step'] == f['steps']
+    assert TrainConfig.from_dict(ck['config']) == TrainConfig.from_dict(f['config'])
+    assert f['train_cpu_hours'] > 0 and f['scores']['n'] >= 512 and f['scores']['rows']
+
+
+def test_load_pretrained_builds_the_class_conditional_unet():
+    model, cfg = load_pretrained()
+    assert isinstance(model, UNet) and not model.training and model.n_classes == cfg.n_classes == 10
+    assert sum(p.numel() for p in model.parameters()) == facts()['params']
+    assert all(p.dtype == torch.float32 for p in model.parameters())   # float16 on disk, float32 to compute
+
+
+def test_guided_samples_are_recognised_by_the_classifier():
+    "A broken or mis-loaded model fails this: guided samples (w=3) must mostly be the asked-for class."
+    model, cfg = load_pretrained()
+    classes = torch.arange(10).repeat(3)
+    imgs = guided_sample(model, classes, build_schedule(cfg), w=3., steps=20, progress=False,
+                         generator=torch.Generator().manual_seed(0))
+    acc = accuracy(load_classifier(), imgs, classes)
+    assert acc >= 0.6, acc
+
+
+def test_ddpm_sample_pretrained_writes_a_grid(tmp_path):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'DDPM_DEVICE': 'cpu'}
+    p = subprocess.run([shutil.which('ddpm_sample'), '--ckpt', 'pretrained', '--n', '4', '--steps', '3', '--out', 'g.png',
+                        '--quiet'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / 'g.png').read_bytes()[:4] == b'\x89PNG'
