@@ -1,4 +1,7 @@
-"""Train the reference model (class-conditional, label dropout) on the CPU, resumably.
+"""Train the reference model (class-conditional, label dropout) on the CPU, resumably: the provenance of `ddpm_fashion_v1`.
+
+This loop predates `ddpm_train`'s class conditioning, bf16 and time budget; the next reference version should be
+trained with `ddpm_train` itself (the one training recipe), and this file then removed.
 
     python bench/train_reference.py --out ~/ddpm-runs/ref1 [--threads 2]
 
