@@ -189,7 +189,7 @@ class WarmupCosineCB(Callback):
         self.max_lr, self.total_steps, self.warmup = max_lr, max(total_steps, 1), warmup
     def before_batch(self, learn):
         if not learn.training: return
-        lr = warmup_cosine(learn.epoch * len(learn.dls.train) + learn.iter, self.max_lr, self.total_steps, self.warmup)
+        lr = warmup_cosine(global_step(learn), self.max_lr, self.total_steps, self.warmup)
         for g in learn.opt.param_groups: g['lr'] = lr
 
 # %% ../nbs/12_cli.ipynb #6feb52e6
