@@ -6,8 +6,8 @@
 __all__ = ['FASHION_LABELS', 'SPLITS', 'MPS_NOTE', 'def_device', 'assets_path', 'fashion_arrays', 'fashion_features',
            'load_fashion_mnist', 'load_hub_dataset', 'to_model_range', 'fashion_transform', 'fashion_tensors',
            'CollateDict', 'collate_dict', 'DataLoaders', 'fashion_dls', 'show_image', 'subplots', 'get_grid',
-           'show_images', 'show_image_batch', 'set_seed', 'default_device', 'to_device', 'model_device', 'eval_mode',
-           'atomic_write']
+           'show_images', 'show_image_batch', 'show_beside', 'set_seed', 'default_device', 'to_device', 'model_device',
+           'eval_mode', 'atomic_write']
 
 # %% ../nbs/00_data.ipynb #cb32c28e
 import contextlib, os, random, socket, tempfile, urllib.request, urllib.error, warnings
@@ -215,6 +215,25 @@ def show_image_batch(batch, # A batch `(x, y)` or a batch of images
     x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
     titles = None if y is None else [labels[int(o)] if labels else str(int(o)) for o in y[:n]]
     show_images(x[:n], titles=titles, **kwargs)
+
+# %% ../nbs/00_data.ipynb #8e8eac3d
+def show_beside(samples, # Generated images, a batch (N, C, H, W) in [-1, 1]
+                real=None, # Real images for the top row; `n` test images (a fixed random pick) if None
+                n:int=8, # Images per row
+                titles:tuple=('real (test split)', 'generated'), # A label for each row
+                imsize:float=0.9, # Size of each image in inches
+                **kwargs):
+    "Generated images in a row under real ones, so they can be judged against the data; returns the figure."
+    if len(samples) < 1: raise ValueError("show_beside needs at least one generated image")
+    if real is None:
+        test = fashion_tensors('test')[0]
+        real = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n]]
+    n = min(n, len(samples), len(real))
+    fig, axs = subplots(2, n, imsize=imsize, **kwargs)
+    for row, ims, title in zip(axs, (real[:n], samples[:n]), titles):
+        for im, ax in zip(ims, row): show_image(im, ax=ax)
+        row[0].text(0, 1.04, title, transform=row[0].transAxes, ha='left', va='bottom', fontsize=9)
+    return fig
 
 # %% ../nbs/00_data.ipynb #6b3b99fa
 def set_seed(seed:int, deterministic:bool=False):

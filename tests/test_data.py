@@ -113,3 +113,20 @@ def test_default_device_warns_on_mps_and_obeys_the_override(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert data.default_device().type == 'cpu'   # the way out: no MPS, no warning
+
+
+def test_show_beside_puts_real_over_generated():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from ddpm_from_scratch.data import show_beside
+    fake = torch.full((5, 1, 32, 32), 0.5)
+    fig = show_beside(fake, n=4)
+    axs = fig.axes
+    assert len(axs) == 8
+    assert (axs[4].images[0].get_array() == 0.5).all()        # bottom row: the samples
+    assert not (axs[0].images[0].get_array() == 0.5).all()    # top row: real images
+    assert [t.get_text() for t in axs[0].texts] == ['real (test split)']
+    fig2 = show_beside(fake[:2], real=-torch.ones(3, 1, 32, 32))  # n shrinks to what both rows have
+    assert len(fig2.axes) == 4
+    with pytest.raises(ValueError): show_beside(fake[:0])
+    plt.close('all')
