@@ -50,11 +50,11 @@ def run_notebook(path:Path, run_flags:set)->float:
         if d.get('eval', '').lower() == 'false': cell.metadata['run'] = 'eval: false'; continue
         if skip: cell.metadata['run'] = sorted(skip)[0]; continue
         k += 1
+        cell.outputs = []  # execnb only writes outputs when there are some: a silent cell must not keep stale ones
         shell.cell(cell)
         if shell.exc:
             sys.stderr.write(shell.prettytb(fname=path) + '\n')
             raise RuntimeError(f"{path.name}: code cell {k} failed; notebook not written")
-        if not cell.source.strip(): cell.outputs = []
         cell.metadata['run'] = k
     write_nb(nb, path)
     subprocess.run(['nbdev_clean', '--fname', str(path)], check=True, cwd=root)
