@@ -51,7 +51,11 @@ def run_notebook(path:Path, run_flags:set)->float:
         if skip: cell.metadata['run'] = sorted(skip)[0]; continue
         k += 1
         cell.outputs = []  # execnb only writes outputs when there are some: a silent cell must not keep stale ones
-        shell.cell(cell)
+        src = cell.source
+        if src.rstrip().endswith(';'):  # execnb drops all of a cell's output, prints included, after a final ';'
+            cell.source = src.rstrip()[:-1] + '\nNone'  # the same effect (no repr of the last value), prints kept
+        try: shell.cell(cell)
+        finally: cell.source = src
         if shell.exc:
             sys.stderr.write(shell.prettytb(fname=path) + '\n')
             raise RuntimeError(f"{path.name}: code cell {k} failed; notebook not written")

@@ -115,16 +115,22 @@ def class_grid(model, # Class-conditioned noise predictor
 def show_class_grid(grid:torch.Tensor, # The output of `class_grid`
                     scales, # The scales of its rows
                     labels=FASHION_LABELS, # Class names, for the column titles
-                    imsize:float=0.55 # Size of each image in inches
+                    imsize:float=0.55, # Size of each image in inches
+                    real:torch.Tensor=None # Optional real images, one per column (cols, C, H, W): a first row 'real'
                    ):
-    "One row per guidance scale, one column per image, titled with the class names."
+    "One row per guidance scale (under a row of real images if given), one column per image, titled with the class names."
     rows, cols = grid.shape[:2]
+    if len(scales) != rows: raise ValueError(f"got {len(scales)} scales for a grid of {rows} rows")
+    names = [f'w={w:g}' for w in scales]
+    if real is not None:
+        if len(real) != cols: raise ValueError(f"real must hold one image per column of the grid ({cols}), got {len(real)}")
+        grid, names, rows = torch.cat([real[None].to('cpu', grid.dtype), grid.cpu()]), ['real'] + names, rows + 1
     per = cols // len(labels) if cols >= len(labels) else 1
     fig, axs = subplots(rows, cols, imsize=imsize)
     for i in range(rows):
         for j in range(cols):
             show_image(grid[i, j], ax=axs[i, j])
             if i == 0 and j % per == 0: axs[i, j].set_title(labels[j // per].split('/')[0][:7], fontsize=6)
-        axs[i, 0].text(-4, 16, f'w={scales[i]:g}', ha='right', va='center', fontsize=7)
+        axs[i, 0].text(-4, 16, names[i], ha='right', va='center', fontsize=7)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return fig
