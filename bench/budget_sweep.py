@@ -34,11 +34,14 @@ SIZES = {  # the from-scratch U-Net at three sizes, and a diffusers UNet2DModel 
 DIFFUSERS = dict(channels=(16, 32, 64), attention=False, layers_per_block=1)
 BASE = dict(n_train=0, bs=128, lr=3e-3, ema=0.999, precision='auto', seed=0)
 
+VARIANTS = {'lr1e-3': dict(lr=1e-3), 'lr6e-3': dict(lr=6e-3), 'bs64': dict(bs=64), 'ema0.995': dict(ema=0.995), 'cosine': dict(schedule='cosine')}
+
 def runs():
     "The sweep, most important first (a sweep cut short still answers the main question): (name, size, minutes, changes)."
-    out = [(f'{s}-9', s, 9, {}) for s in ('M2', 'M', 'S', 'diffusers')]
-    out += [(f'{s}-2', s, 2, {}) for s in ('M2', 'M', 'S')] + [('L-9', 'L', 9, {}), ('L-2', 'L', 2, {})]
-    out += [(f'M2-2-{k}{v}', 'M2', 2, {k: v}) for k, v in (('lr', 1e-3), ('lr', 6e-3), ('bs', 64), ('ema', 0.995))]
+    out = [(f'{s}-9', s, 9, {}) for s in ('M2', 'M', 'S', 'diffusers')] + [(f'{s}-2', s, 2, {}) for s in ('M2', 'M', 'S')]
+    out += [(f'M-2-{k}', 'M', 2, v) for k, v in VARIANTS.items()]           # the recipe's knobs, one at a time, at 2 minutes
+    out += [(f'M-9-{k}', 'M', 9, VARIANTS[k]) for k in ('bs64', 'cosine')]  # the promising ones at the main job's budget
+    out += [('L-9', 'L', 9, {}), ('L-2', 'L', 2, {})]
     return out + [(f'{s}-5', s, 5, {}) for s in ('M2', 'M', 'S', 'L')]
 
 def config(size, changes, steps=0):
