@@ -41,6 +41,7 @@ def runs():
     out = [(f'{s}-9', s, 9, {}) for s in ('M2', 'M', 'S', 'diffusers')] + [(f'{s}-2', s, 2, {}) for s in ('M2', 'M', 'S')]
     out += [(f'M-2-{k}', 'M', 2, v) for k, v in VARIANTS.items()]           # the recipe's knobs, one at a time, at 2 minutes
     out += [(f'M-9-{k}', 'M', 9, VARIANTS[k]) for k in ('bs64', 'cosine')]  # the promising ones at the main job's budget
+    out += [('M-9-bs64-cosine', 'M', 9, {**VARIANTS['bs64'], **VARIANTS['cosine']})]  # and both together
     out += [('L-9', 'L', 9, {}), ('L-2', 'L', 2, {})]
     return out + [(f'{s}-5', s, 5, {}) for s in ('M2', 'M', 'S', 'L')]
 
