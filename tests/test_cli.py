@@ -144,6 +144,17 @@ def test_help_explains_every_flag():
         for f in flags: assert f in p.stdout, (name, f)
 
 
+def test_flag_defaults_are_the_config_defaults():
+    "ddpm_train's defaults come from TrainConfig, so the recipe the sweep chose has one home."
+    import inspect
+    from ddpm_from_scratch import cli
+    sig, cfg = inspect.signature(cli.ddpm_train.__wrapped__), TrainConfig()
+    as_flag = lambda v: ','.join(map(str, v)) if isinstance(v, tuple) else v
+    shared = [n for n in sig.parameters if hasattr(cfg, n) and n != 'n_classes']   # n_classes: 0 on the command line means None
+    assert len(shared) >= 14
+    for name in shared: assert sig.parameters[name].default == as_flag(getattr(cfg, name)), name
+
+
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     "SIGKILL right after the first checkpoint (strictly before the end); --resume trains the rest and ends where an uninterrupted run ends."
     args = ['--epochs', '3', '--channels', '8,16', '--bs', '64', '--n_train', '1024', '--n_steps', '50', '--samples', '4', '--quiet']
@@ -202,7 +213,7 @@ def test_config_is_the_single_source_of_truth():
     assert m.n_classes == 10 and m.config['groups'] == 4               # ddpm.default_groups((8, 16))
     s = build_schedule(cfg)
     assert torch.allclose(s.alpha_bar, Schedule.cosine(50).alpha_bar)
-    assert torch.allclose(build_schedule(TrainConfig(n_steps=50)).beta, Schedule.linear(n_steps=50).beta)
+    assert torch.allclose(build_schedule(TrainConfig(n_steps=50, schedule='linear')).beta, Schedule.linear(n_steps=50).beta)
     for bad in (dict(schedule='quadratic'), dict(n_classes=0), dict(p_uncond=2.), dict(warmup=1.), dict(n_train=8, bs=64)):
         with pytest.raises(UserError): TrainConfig(**bad)
     with pytest.raises(UserError, match='channels'): build_model(TrainConfig(channels=(3, 5)))
