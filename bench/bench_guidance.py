@@ -35,6 +35,6 @@ if __name__ == '__main__':
         import matplotlib; matplotlib.use('Agg')
         from ddpm_from_scratch.guidance import show_class_grid
         path = sys.argv[sys.argv.index('--grid') + 1]
-        show_class_grid(class_grid(run['model'], run['cb'].schedule, scales, n_steps=n_steps), scales).savefig(path, dpi=80, bbox_inches='tight')
+        show_class_grid(class_grid(run["model"], run["cb"].schedule, scales, steps=n_steps, progress=False), scales).savefig(path, dpi=80, bbox_inches='tight')
         print('grid:', path)
     print(f"total {time.time() - t0:.0f}s on {next(run['model'].parameters()).device}, {torch.get_num_threads()} thread(s)")
