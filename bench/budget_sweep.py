@@ -32,7 +32,7 @@ SIZES = {  # the from-scratch U-Net at three sizes, and a diffusers UNet2DModel 
     'diffusers': dict(channels=(16, 32, 64)),  # its own widths below; TrainConfig's are unused
 }
 DIFFUSERS = dict(channels=(16, 32, 64), attention=False, layers_per_block=1)
-BASE = dict(n_train=0, bs=128, lr=3e-3, ema=0.999, precision='auto', seed=0)
+BASE = dict(n_train=0, bs=128, lr=3e-3, warmup=0.05, ema=0.999, schedule='linear', n_steps=1000, precision='auto', seed=0)  # pinned: the sweep must not follow the defaults it chose
 
 VARIANTS = {'lr1e-3': dict(lr=1e-3), 'lr6e-3': dict(lr=6e-3), 'bs64': dict(bs=64), 'ema0.995': dict(ema=0.995), 'cosine': dict(schedule='cosine')}
 
