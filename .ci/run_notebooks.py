@@ -15,20 +15,17 @@ metadata instead: `"run": 1, 2, ...` for the cells run here, `"run": "<flag>"` f
 `"run": "eval: false"` for cells never run. settings.ini's `allowed_cell_metadata_keys = run` keeps that through
 `nbdev_clean`, and `tests/test_notebooks.py` checks it. A notebook whose run fails is not written.
 """
-import argparse, os, re, subprocess, sys, time
+import argparse, os, subprocess, sys, time
 from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
 DPI = 72  # dots per inch of saved figures: a 6x4 inch figure is 432x288 pixels
 
 def directives(src:str)->dict:
-    "The `#| name: value` lines at the top of a code cell."
-    out = {}
-    for line in src.splitlines():
-        m = re.match(r'\s*#\|\s*([\w-]+):?\s*(.*)', line)
-        if m: out[m[1]] = m[2].strip()
-        elif line.strip(): break
-    return out
+    "The `#| name: value` lines at the top of a code cell, as nbdev reads them: {'slow': [], 'eval:': ['false'], ...}."
+    from nbdev.process import extract_directives
+    from execnb.nbio import mk_cell
+    return extract_directives(mk_cell(src), remove=False)
 
 def tst_flags()->set:
     from nbdev.config import get_config
@@ -47,7 +44,7 @@ def run_notebook(path:Path, run_flags:set)->float:
         if cell.cell_type != 'code': continue
         d = directives(cell.source)
         skip = (flags & d.keys()) - run_flags
-        if d.get('eval', '').lower() == 'false': cell.metadata['run'] = 'eval: false'; continue
+        if d.get('eval:', [''])[0].lower() == 'false': cell.metadata['run'] = 'eval: false'; continue
         if skip: cell.metadata['run'] = sorted(skip)[0]; continue
         k += 1
         cell.outputs = []  # execnb only writes outputs when there are some: a silent cell must not keep stale ones
