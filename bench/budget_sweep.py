@@ -96,10 +96,6 @@ def work(root, threads):
             print(f"{name}: FID {r['fid']:.2f} (floor {r['floor_fid']:.2f})", flush=True)
         finally: (root / f'{name}.claim').unlink(missing_ok=True)
 
-def build_schedule(cfg):
-    from ddpm_from_scratch.cli import build_schedule  # the schedule the run trained on
-    return build_schedule(cfg)
-
 def report(root, out):
     res = [json.loads(p.read_text()) for p in sorted(root.glob('*/result.json'))]
     for r in sorted(res, key=lambda r: (r['minutes'], r['fid'])):
