@@ -26,9 +26,9 @@ from torch.optim.swa_utils import AveragedModel
 import ddpm_from_scratch
 from .data import DataLoaders, assets_path, atomic_write, default_device, fashion_tensors, set_seed
 from .ddpm import SCHEDULES, DDPMCB, Schedule, adam_opt, check_groups, default_groups, fit_ddpm
-from .ddim import SAMPLERS, generate, sample, sampler_options
+from .ddim import SAMPLERS, generate, sampler_options
 from .fid import evaluate
-from .guidance import GuidedModel
+from .guidance import guided_generate
 from .learner import Callback, CancelBatchException, CancelEpochException, DeviceCB, ProgressCB
 from .mixed import PRECISIONS, AccelerateCB, FiniteLossCB, NonFiniteLossError, precision_cb, resolve_precision
 from .unet import UNet
@@ -550,14 +550,11 @@ def _classes(spec:str, cfg:TrainConfig, n:int)->torch.Tensor:
     return torch.tensor(cs).repeat(math.ceil(n / len(cs)))[:n]
 
 def _generate(model, cfg:TrainConfig, n:int, sampler:str, kwargs:dict, seed:int, device, progress:bool,
-              classes:torch.Tensor=None, w:float=0., bs:int=256)->torch.Tensor:
-    "`ddim.generate` on `device` (guided towards `classes` with scale `w` if given); a sampler's complaint becomes a `UserError`."
+              classes:torch.Tensor=None, w:float=0.)->torch.Tensor:
+    "`ddim.generate` on `device` (`guided_generate` towards `classes` with scale `w` if given); a sampler's complaint becomes a `UserError`."
     try:
         if classes is None: return generate(model, build_schedule(cfg), n, sampler, seed=seed, device=device, progress=progress, **kwargs)
-        dev = torch.device(device) if device is not None else default_device()
-        model, g = model.to(dev), torch.Generator(dev).manual_seed(seed)
-        return torch.cat([sample(GuidedModel(model, classes[i:i + bs], w), (len(classes[i:i + bs]), 1, 32, 32), build_schedule(cfg),
-                                 sampler, generator=g, progress=progress, **kwargs).float().cpu() for i in range(0, n, bs)]).clamp(-1, 1)
+        return guided_generate(model, build_schedule(cfg), classes, w, sampler, seed, device=device, progress=progress, **kwargs)
     except ValueError as e: raise UserError(str(e)) from None
 
 # %% ../nbs/12_cli.ipynb #22c2b87c

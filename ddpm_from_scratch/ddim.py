@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SPACINGS', 'SAMPLERS', 'ddim_timesteps', 'ddim_sigma', 'ddim_step', 'NoiseOracle', 'time_grid', 'ddim_sample',
-           'DatasetDenoiser', 'get_sampler', 'sampler_options', 'sample', 'generate']
+           'DatasetDenoiser', 'get_sampler', 'sampler_options', 'sample', 'cpu_layout', 'generate']
 
 # %% ../nbs/10_ddim.ipynb #aa2c2569
 import inspect, numbers, sys
@@ -216,21 +216,28 @@ def sample(model, # Noise predictor
     _check_options(sampler, options)
     return f(model, x, schedule, generator=generator, progress=progress, callback=callback, **options)
 
+def cpu_layout(model:nn.Module # A noise predictor (or any module)
+              )->nn.Module:
+    "`model` with its 4-D weights in channels_last (in place) if it lives on a CPU: the same numbers, faster convolutions there."
+    return model.to(memory_format=torch.channels_last) if model_device(model).type == 'cpu' else model
+
 def generate(model, # Noise predictor; moved to `device` if one is given
              schedule, # The schedule it was trained with
              n:int, # Number of images
              sampler:str='ddim', # A key of `SAMPLERS`
              seed:int=0, # Seed of the one generator behind every batch
-             bs:int=256, # Batch size
+             bs:int=64, # Batch size (on a CPU, 64 images per batch sample about twice as fast per image as 256)
              device=None, # Where to sample; the model's device if None
              progress:bool=True, # Progress bars
              img_shape:tuple=(1, 32, 32), # Shape of one image
+             batch_model=None, # `batch_model(model, sl)` -> the noise predictor for images `sl` (a slice), e.g. a guided one
              **options # The sampler's own options, e.g. steps=50, eta=0.
             )->torch.Tensor:
     "`n` images (n, *img_shape) from `sampler`, in batches of `bs`, as float tensors on the CPU clamped to [-1, 1]."
     _check_generate(n, bs, sampler, options)
     if device is not None: model = model.to(device)
+    model = cpu_layout(model)
     g = torch.Generator(torch.device(device) if device is not None else model_device(model)).manual_seed(seed)
-    imgs = [sample(model, (min(bs, n - i), *img_shape), schedule, sampler, generator=g, progress=progress, **options)
-            for i in range(0, n, bs)]
+    imgs = [sample(model if batch_model is None else batch_model(model, slice(i, min(i + bs, n))), (min(bs, n - i), *img_shape),
+                   schedule, sampler, generator=g, progress=progress, **options) for i in range(0, n, bs)]
     return torch.cat([o.float().cpu() for o in imgs]).clamp(-1, 1)

@@ -22,9 +22,9 @@ from .data import DataLoaders, atomic_write, default_device, fashion_tensors, mo
 from .learner import Callback, CancelFitException
 from .ddpm import DDPMCB, Schedule, adam_opt, fashion_unet, fit_ddpm, linear_schedule
 from .sampling import loss_by_t
-from .ddim import SAMPLERS, ddim_sample, generate, sample, sampler_options
+from .ddim import SAMPLERS, ddim_sample, generate, sampler_options
 from .init import init_ddpm
-from .guidance import GuidedModel
+from .guidance import guided_generate
 from .timesteps import LossByTCB, bucket_edges, noise_std_mad
 from .unet import UNet
 from .classifier import accuracy, load_classifier
@@ -69,23 +69,26 @@ class SamplerRow(NamedTuple):
     "One sampler setting: a sampler of the registry `ddim.SAMPLERS` and its options, as sorted `(name, value)` pairs."
     sampler:str # A key of `ddim.SAMPLERS`, e.g. 'ddpm' or 'ddim'
     options:tuple=() # Options of that sampler that differ from its defaults (and `steps`, always kept)
+    w:float=None # None: the model's own (unconditional) prediction; else classifier-free guidance with scale w, classes 0..9 in turn
 
     @classmethod
-    def make(cls, sampler:str, **options):
+    def make(cls, sampler:str, w:float=None, **options):
         "The row for `sampler` with `options`; options equal to the sampler's defaults (other than `steps`) are dropped."
         defaults = sampler_options(sampler)
         bad = sorted(set(options) - set(defaults))
         if bad: raise ValueError(f"{sampler} has no option {bad[0]!r}; its options are {sorted(defaults)}")
-        return cls(sampler, tuple(sorted((k, v) for k, v in options.items() if k == 'steps' or v != defaults[k])))
+        return cls(sampler, tuple(sorted((k, v) for k, v in options.items() if k == 'steps' or v != defaults[k])),
+                   None if w is None else float(w))
 
     @property
     def kwargs(self)->dict: return dict(self.options)
 
     @property
     def name(self)->str:
-        "The row's name as `parse_rows` reads it: 'ddpm', 'ddim50', 'ddim50-eta1', 'ddim50-eta0.5'."
+        "The row's name as `parse_rows` reads it: 'ddpm', 'ddim50', 'ddim50-eta1', 'ddim50-eta0.5', 'ddim50-w1'."
         kw = self.kwargs
         steps = kw.pop('steps', '')
+        if self.w is not None: kw['w'] = self.w
         return f'{self.sampler}{steps}' + ''.join(f'-{k}{v:g}' for k, v in kw.items())
 
 ROW_PRESETS = {'grid': 'ddpm,ddim25,ddim50,ddim100,ddim200,ddim25-eta1,ddim50-eta1,ddim100-eta1,ddim200-eta1'}
@@ -101,7 +104,7 @@ def _parse_row(tok:str)->SamplerRow:
         opts['steps'] = int(m[1])
     for part in m[2].split('-')[1:]:
         k, v = _OPT_RE.fullmatch(part).groups()
-        if k not in defaults: raise _unknown_row(tok, f"{sampler} has no option {k!r}")
+        if k not in defaults and k != 'w': raise _unknown_row(tok, f"{sampler} has no option {k!r} (nor is it w, the guidance scale)")
         opts[k] = float(v)
     _check_row(tok, sampler, opts)
     return SamplerRow.make(sampler, **opts)
@@ -195,11 +198,17 @@ def load_bench_model(path, # A checkpoint file, or a folder holding checkpoint.p
     return BenchModel(name or folder.name, model.eval(), build_schedule(cfg), info)
 
 # %% ../nbs/11_sampler_bench.ipynb #6f10b229
+def _row_classes(bm, row, start:int, m:int)->torch.Tensor:
+    "The classes of images start..start+m of a guided row: 0, 1, ..., n_classes-1 in turn, so every class is equally common."
+    n = getattr(bm.model, 'n_classes', None)
+    if not n: raise ValueError(f"row {row.name} guides with w={row.w:g}, but {bm.name} has no class conditioning")
+    return torch.arange(start, start + m) % n
+
 def time_row(bm:BenchModel, # The model to sample from
              row:SamplerRow, # The sampler setting
              n:int, # Number of images
              seed:int=0, # Batch i draws its starting noise (and the noise added on the way) from seed + i
-             bs:int=256, # Images per batch
+             bs:int=64, # Images per batch
              device=None, # Device; `default_device()` if None
              parts_dir=None, # Folder to keep finished batches in (and to resume from); None: keep nothing
              deadline:float=None # A `time.time()` after which no new batch starts; None: no limit
@@ -216,7 +225,9 @@ def time_row(bm:BenchModel, # The model to sample from
         else:
             if deadline is not None and time.time() > deadline: return None
             t0, c0 = time.perf_counter(), time.process_time()
-            imgs = generate(bm.model, bm.schedule, m, row.sampler, seed=seed + i, bs=m, device=device, progress=False, **kw)
+            if row.w is None: imgs = generate(bm.model, bm.schedule, m, row.sampler, seed=seed + i, bs=m, device=device, progress=False, **kw)
+            else: imgs = guided_generate(bm.model, bm.schedule, _row_classes(bm, row, start, m), row.w, row.sampler, seed + i, m,
+                                         device, False, **kw)
             part = dict(imgs=imgs, wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
             if f is not None: atomic_write(f, lambda tmp: torch.save(part, tmp))
         parts.append(part)
@@ -239,7 +250,7 @@ def bench_samplers(models:list, # `BenchModel`s
                    evaluator, # An `ImageEval`
                    n:int=256, # Images per row
                    seed:int=0, # Seed of the sampling noise (the same for every row)
-                   bs:int=256, # Sampling batch size
+                   bs:int=64, # Sampling batch size
                    device=None, # Device; `default_device()` if None
                    results:dict=None, # Earlier results to extend (same `n`); a new dictionary if None
                    log=print, # Called with one line per finished row; None for silence
@@ -480,7 +491,7 @@ def guidance_eval(model, # Trained class-conditioned noise predictor
                   n_steps:int=25, # DDIM steps
                   evaluator=None, # An `ImageEval`; `ImageEval.fashion_mnist('test')` if None
                   classifier=None, # Classifier for the accuracy; `load_classifier()` if None
-                  bs:int=500, # Sampling batch size
+                  bs:int=64, # Sampling batch size
                   seed:int=0 # Seed of the starting noise (the same for every scale)
                  )->dict:
     "Per scale: the classifier's accuracy on the asked-for classes, FID/KID (with the real floor at equal N), seconds."
@@ -488,14 +499,10 @@ def guidance_eval(model, # Trained class-conditioned noise predictor
     if classifier is None: classifier = load_classifier()
     n = model.n_classes
     classes = torch.arange(n).repeat_interleave(n_per_class)
-    cfg = getattr(model, 'config', {})
-    size = cfg.get('img_size', 32)
-    x_T = torch.randn(len(classes), cfg.get('in_channels', 1), size, size, generator=torch.Generator().manual_seed(seed))
     rows = {}
-    for w in scales:
+    for w in scales:  # the same seed, so the same starting noise, at every scale
         t0 = time.time()
-        imgs = torch.cat([sample(GuidedModel(model, classes[i:i + bs], w), x_T[i:i + bs], schedule, 'ddim', steps=n_steps,
-                                 progress=False).cpu() for i in range(0, len(classes), bs)])
+        imgs = guided_generate(model, schedule, classes, w, 'ddim', seed, bs, progress=False, steps=n_steps)
         secs = time.time() - t0
         rows[f'w={w:g}'] = dict(acc=accuracy(classifier, imgs, classes), **evaluator.scores(imgs), sample_s=secs, samples=imgs)
     xr, yr = balanced_real(n_per_class, 'train', n)
