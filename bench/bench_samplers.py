@@ -11,7 +11,10 @@ Train a diffusers UNet2DModel with the command line's recipe (for the "ours vs d
 
 With --json the results accumulate in that file across runs (same N only) and every run prints the table of all of
 them, so a long benchmark can run in pieces. Finished batches of images are kept in --parts (default JSON.parts):
-with --max-minutes even one row (1,000-step DDPM) can be spread over several runs.
+with --max-minutes even one row (1,000-step DDPM) can be spread over several runs. A batch's file does not depend on N,
+so a run at --n 512 reuses the first 512 images of a run at --n 2048 (same --bs and --seed).
+Rows: `ddim100-w1` guides a class-conditional model with scale 1 towards the classes 0..9 in turn and adds the shipped
+classifier's accuracy on the asked-for class.
 
 Times are measured in this run on this machine, per row, for sampling N images in batches of --bs: wall-clock
 seconds and the CPU time of this process (on a shared CPU the CPU time is the one that measures our work; on a GPU,
@@ -31,7 +34,7 @@ def main(argv=None):
     p.add_argument('--json', default=None, help='accumulate results in this JSON file (and read earlier rows from it)')
     p.add_argument('--table-only', action='store_true', help='print the table stored in --json and exit')
     p.add_argument('--seed', type=int, default=0, help='seed of the sampling noise')
-    p.add_argument('--bs', type=int, default=256, help='sampling batch size (batch i is seeded with seed + i)')
+    p.add_argument('--bs', type=int, default=64, help='sampling batch size (batch i is seeded with seed + i)')
     p.add_argument('--parts', default=None, help='keep finished batches here and resume from them (default with --json: JSON.parts)')
     p.add_argument('--max-minutes', type=float, default=None, help='start no new batch after this many minutes; rerun to finish')
     p.add_argument('--device', default=None, help='cpu, cuda, ...; picked automatically if omitted')
@@ -111,6 +114,7 @@ def write_grid(res, parts, a):
     import matplotlib.pyplot as plt
     import torch
     from ddpm_from_scratch.cli import UserError
+    from ddpm_from_scratch.experiments import part_name
     if parts is None: raise UserError('--grid needs the saved batches: pass --parts or --json')
     want = None if not a.grid_rows else [tuple(o.split(':')) for o in a.grid_rows.split(',')]
     rows = [r for r in res['rows'] if want is None or (r['model'], r['row']) in want]
@@ -118,7 +122,7 @@ def write_grid(res, parts, a):
     if not rows: raise UserError('--grid: no finished rows to show')
     fig, axs = plt.subplots(len(rows), 1, figsize=(a.grid_k * 0.45 + 1.6, len(rows) * 0.5), squeeze=False)
     for ax, r in zip(axs[:, 0], rows):
-        f = Path(parts) / f"{r['model']}_{r['row']}_n{res['n']}_bs{a.bs}_seed{a.seed}_0.pt"
+        f = Path(parts) / part_name(r['model'], r['row'], a.bs, a.seed, 0, min(a.bs, res['n']))
         if not f.exists(): raise UserError(f'--grid: {f} is missing (same --bs and --seed as the run?)')
         x = torch.load(f, weights_only=True)['imgs'][:a.grid_k, 0]
         ax.imshow(torch.cat(list(x), 1).numpy(), cmap='gray', vmin=-1, vmax=1, interpolation='nearest')

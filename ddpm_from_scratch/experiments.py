@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ROW_PRESETS', 'CONFIGS', 'format_table', 'SamplerRow', 'parse_rows', 'hardware', 'write_train_info',
-           'train_diffusers', 'BenchModel', 'load_bench_model', 'time_row', 'real_floor', 'new_results',
+           'train_diffusers', 'BenchModel', 'load_bench_model', 'part_name', 'time_row', 'real_floor', 'new_results',
            'bench_samplers', 'bench_table', 'compare_t_weighting', 't_weighting_table', 'ddpm_quality', 'small_unet',
            'LossCurveCB', 'loss_curve', 'diverged', 'compare_init', 'train_cfg', 'balanced_real', 'guidance_eval',
            'guidance_table', 'time_experiment', 'time_table']
@@ -204,6 +204,11 @@ def _row_classes(bm, row, start:int, m:int)->torch.Tensor:
     if not n: raise ValueError(f"row {row.name} guides with w={row.w:g}, but {bm.name} has no class conditioning")
     return torch.arange(start, start + m) % n
 
+def part_name(model:str, row:str, bs:int, seed:int, i:int, m:int)->str:
+    """The file of batch `i` (of `m` images) of a row. It does not name N: batch i holds the same images for any N that
+    contains it, so the first 8 batches of a 2,048-image run are a 512-image run."""
+    return f"{model}_{row}_bs{bs}_seed{seed}_{i}" + (f"_m{m}" if m < bs else "") + ".pt"
+
 def time_row(bm:BenchModel, # The model to sample from
              row:SamplerRow, # The sampler setting
              n:int, # Number of images
@@ -220,7 +225,7 @@ def time_row(bm:BenchModel, # The model to sample from
     parts = []
     for i, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
-        f = None if parts_dir is None else Path(parts_dir) / f'{bm.name}_{row.name}_n{n}_bs{bs}_seed{seed}_{i}.pt'
+        f = None if parts_dir is None else Path(parts_dir) / part_name(bm.name, row.name, bs, seed, i, m)
         if f is not None and f.exists(): part = torch.load(f, weights_only=True)
         else:
             if deadline is not None and time.time() > deadline: return None
@@ -263,7 +268,7 @@ def bench_samplers(models:list, # `BenchModel`s
     res = new_results(n) if results is None else results
     if res['n'] != n: raise ValueError(f"results were measured with n={res['n']}, not {n}: scores only compare at equal n")
     if res['floor'] is None: res['floor'] = real_floor(evaluator, n)
-    hw = hardware(device)
+    hw, classifier = hardware(device), None
     for bm in models:
         res['models'][bm.name] = bm.info
         for row in rows:
@@ -279,6 +284,9 @@ def bench_samplers(models:list, # `BenchModel`s
             rec = dict(model=bm.name, row=row.name, sampler=row.sampler, steps=opts.get('steps', len(bm.schedule)),
                        eta=opts.get('eta'), fid=s['fid'], kid=s['kid'], kid_std=s['kid_std'], seconds=secs,
                        cpu_seconds=cpu, hardware=hw)
+            if row.w is not None:  # a guided row: the guidance scale, and how often the shipped classifier sees the asked-for class
+                if classifier is None: classifier = load_classifier()
+                rec.update(w=row.w, acc=accuracy(classifier, imgs, _row_classes(bm, row, 0, n)))
             res['rows'] = [r for r in res['rows'] if [r['model'], r['row']] != key] + [rec]
             if log: log(f"{bm.name:>18} {row.name:>14}: FID {s['fid']:8.2f}  KID {s['kid']:.4f}  "
                         f"{secs:7.1f}s wall, {cpu:7.1f}s CPU")
@@ -295,14 +303,16 @@ def bench_table(res:dict, # The results of `bench_samplers`
     if clock is None: clock = 'cpu' if all(r['hardware'].startswith('CPU') for r in res['rows']) else 'wall'
     if clock not in ('cpu', 'wall'): raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
     key, ck = ('cpu_seconds', 'CPU') if clock == 'cpu' else ('seconds', 'wall')
-    cols = dict(model='model', sampler='sampler', steps='steps', eta='eta', fid='FID', ratio='FID / floor', kid='KID',
+    guided = any(r.get('w') is not None for r in res['rows'])
+    cols = dict(model='model', sampler='sampler', steps='steps', eta='eta', **(dict(w='w', acc='class acc') if guided else {}), fid='FID', ratio='FID / floor', kid='KID',
                 wall=f's for {n}, wall', cpu=f's for {n}, CPU', ms=f'ms / image ({ck})', s2048=f's for 2,048 ({ck}, extrapolated)')
     rows = [dict(r, sampler=r['sampler'].upper(), ratio=f"{r['fid'] / fl['fid']:.1f}x", wall=_fmt_secs(r['seconds']),
                  cpu=_fmt_secs(r['cpu_seconds']), ms=_fmt_secs(1000 * r[key] / n), s2048=_fmt_secs(r[key] / n * 2048))
             for r in res['rows']]
-    lines = [format_table(rows, cols, floats=dict(fid='.1f', kid='.4f')), '',
+    lines = [format_table(rows, cols, floats=dict(fid='.1f', kid='.4f', acc='.3f')), '',
              f"Real-data floor at N={n} (the first {n} training images against the test split): "
-             f"FID {fl['fid']:.1f}, KID {fl['kid']:.4f}.", '']
+             f"FID {fl['fid']:.1f}, KID {fl['kid']:.4f}." + (" Rows with a w guide the model with that scale towards the classes "
+             "0..9 in turn; class acc: how often the shipped classifier sees the asked-for class." if guided else ''), '']
     for name, m in res['models'].items():
         mins = f", {m['train_seconds'] / 60:.1f} min" if 'train_seconds' in m else ''
         if 'train_cpu_seconds' in m: mins += f" ({m['train_cpu_seconds'] / 60:.1f} min CPU time)"

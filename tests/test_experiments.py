@@ -283,3 +283,40 @@ def test_time_experiment_small():
     assert 'without t' in txt and 'FID' in txt and 'real' in txt
     with pytest.raises(ValueError, match='only 4'):
         time_experiment(x, x[:8], channels=(16, 32), bs=16, record_at=(10,), n_samples=0)
+
+
+def test_parts_do_not_depend_on_n(tmp_path):
+    bm, row = tiny_model(), SamplerRow.make('ddim', steps=3, eta=1.)
+    big, _, _ = time_row(bm, row, n=6, bs=2, device='cpu', parts_dir=tmp_path)
+    calls = bm.model.calls
+    small, _, _ = time_row(bm, row, n=4, bs=2, device='cpu', parts_dir=tmp_path)  # the first two batches of the 6-image run
+    assert bm.model.calls == calls and torch.equal(small, big[:4])
+    odd, _, _ = time_row(bm, row, n=5, bs=2, device='cpu', parts_dir=tmp_path)   # a last batch of 1 is a file of its own
+    assert bm.model.calls == calls + 3 and torch.equal(odd[:4], big[:4]) and len(list(tmp_path.glob('*_m1.pt'))) == 1
+
+
+class CondNet(nn.Module):
+    "A class-conditional stand-in: predicts a class-dependent fraction of x; records the classes it was asked for."
+    n_classes = 10
+    def __init__(self):
+        super().__init__()
+        self.w, self.seen = nn.Parameter(torch.tensor(0.5)), []
+    def forward(self, x, t, c=None):
+        c = torch.full((len(x),), 10) if c is None else c
+        self.seen.append(c.clone())
+        return self.w * x * (1 + c.view(-1, 1, 1, 1) / 20)
+
+
+def test_guided_rows_ask_for_every_class_and_report_accuracy(monkeypatch):
+    import ddpm_from_scratch.experiments as E
+    info = dict(tiny_model().info, arch='cond')
+    bm = BenchModel('cond', CondNet(), Schedule.cosine(10), info)
+    monkeypatch.setattr(E, 'accuracy', lambda clf, x, y: float((y % 2 == 0).float().mean()))  # checks the classes it gets
+    monkeypatch.setattr(E, 'load_classifier', lambda: None)
+    res = bench_samplers([bm], 'ddim2-w1,ddim2-w3', StubEval(), n=12, bs=8, device='cpu', log=None)
+    w1, w3 = res['rows']
+    assert (w1['row'], w1['w'], w3['w']) == ('ddim2-w1', 1., 3.) and w1['acc'] == pytest.approx(6 / 12)
+    asked = torch.cat(bm.model.seen[:4:2])  # w=1: one network call per step, batch 0 then batch 1 (first step of each)
+    assert torch.equal(asked, torch.arange(12) % 10)
+    assert 'class acc' in bench_table(res) and '| 0.500 |' in bench_table(res)
+    with pytest.raises(ValueError, match='no class conditioning'): bench_samplers([tiny_model()], 'ddim2-w1', StubEval(), n=4, log=None)

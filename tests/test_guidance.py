@@ -199,3 +199,15 @@ def test_guided_sample_errors():
     with pytest.raises(TypeError, match='steps'): guided_sample(m, [1], s, sampler='ddim', stepz=3, progress=False)
     with pytest.raises(ValueError, match='2 images'): guided_sample(m, [1], s, x_T=torch.randn(2, 1, 16, 16), steps=3, progress=False)
     with pytest.raises(TypeError, match='class-conditioned'): class_grid(make_tiny_unet(), s)
+
+
+def test_guided_generate_batches_like_guided_sample():
+    from ddpm_from_scratch.guidance import guided_generate
+    torch.manual_seed(0)
+    m, sched = cond_unet(), linear_schedule(n_steps=20)
+    imgs = guided_generate(m, sched, [3, 1, 4, 1, 5], 2., steps=3, seed=0, bs=2, progress=False)
+    assert imgs.shape == (5, 1, 16, 16) and imgs.abs().max() <= 1 and imgs.device.type == "cpu"  # the model's own image size
+    one = guided_sample(m, [3, 1], sched, 2., steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.allclose(imgs[:2], one.clamp(-1, 1), atol=1e-5)  # batch 0 is guided_sample of its two classes
+    with pytest.raises(ValueError, match=r'lie in \[0, 9\]'): guided_generate(m, sched, [10], 1., steps=2, progress=False)
+    with pytest.raises(TypeError, match='class-conditioned'): guided_generate(make_tiny_unet(), sched, [1], 1., steps=2, progress=False)
