@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['ROW_PRESETS', 'CONFIGS', 'format_table', 'SamplerRow', 'parse_rows', 'hardware', 'write_train_info',
-           'train_diffusers', 'BenchModel', 'load_bench_model', 'part_name', 'time_row', 'real_floor', 'new_results',
-           'bench_samplers', 'bench_table', 'compare_t_weighting', 't_weighting_table', 'ddpm_quality', 'small_unet',
-           'LossCurveCB', 'loss_curve', 'diverged', 'compare_init', 'train_cfg', 'balanced_real', 'guidance_eval',
-           'guidance_table', 'time_experiment', 'time_table']
+           'train_diffusers', 'BenchModel', 'load_bench_model', 'part_name', 'claim_part', 'time_row', 'real_floor',
+           'new_results', 'bench_samplers', 'bench_table', 'compare_t_weighting', 't_weighting_table', 'ddpm_quality',
+           'small_unet', 'LossCurveCB', 'loss_curve', 'diverged', 'compare_init', 'train_cfg', 'balanced_real',
+           'guidance_eval', 'guidance_table', 'time_experiment', 'time_table']
 
 # %% ../nbs/11_sampler_bench.ipynb #b2b52b51
 import json, math, os, platform, re, time
@@ -209,33 +209,69 @@ def part_name(model:str, row:str, bs:int, seed:int, i:int, m:int)->str:
     contains it, so the first 8 batches of a 2,048-image run are a 512-image run."""
     return f"{model}_{row}_bs{bs}_seed{seed}_{i}" + (f"_m{m}" if m < bs else "") + ".pt"
 
+def _alive(pid:int)->bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def claim_part(f:Path)->bool:
+    """Take batch file `f` for this process: True if no other process on this machine is computing it. The claim is a
+    file `f.claim` holding our process id; a claim whose process is gone (a killed worker) is taken over."""
+    c = f.with_suffix('.claim')
+    for _ in range(2):
+        try: fd = os.open(c, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try: pid = int(c.read_text() or 0)
+            except (OSError, ValueError): pid = 0
+            if pid and _alive(pid): return False
+            c.unlink(missing_ok=True)  # the worker that claimed it is gone (or had not written its id yet: retry once)
+            continue
+        os.write(fd, str(os.getpid()).encode()); os.close(fd)
+        return True
+    return False
+
 def time_row(bm:BenchModel, # The model to sample from
              row:SamplerRow, # The sampler setting
              n:int, # Number of images
              seed:int=0, # Batch i draws its starting noise (and the noise added on the way) from seed + i
              bs:int=64, # Images per batch
              device=None, # Device; `default_device()` if None
-             parts_dir=None, # Folder to keep finished batches in (and to resume from); None: keep nothing
-             deadline:float=None # A `time.time()` after which no new batch starts; None: no limit
+             parts_dir=None, # Folder to keep finished batches in (and to resume from, or share with other workers); None: keep nothing
+             deadline:float=None, # A `time.time()` after which no new batch starts; None: no limit
+             poll:float=10. # Seconds between looks at a batch another worker is computing
             ):
-    "Generate `n` images with `row`'s sampler: `(images, wall_seconds, cpu_seconds)`, or None if the deadline came first."
+    """Generate `n` images with `row`'s sampler: `(images, wall_seconds, cpu_seconds)`, or None if the deadline came first.
+    With `parts_dir`, several processes can run the same row at once: each takes the batches no other has claimed
+    (`claim_part`), then waits for the others' batches."""
     T, kw = len(bm.schedule), row.kwargs
     if kw.get('steps', 0) > T: raise ValueError(f"row {row.name}: {kw['steps']} steps, but {bm.name} was trained with T={T} steps")
     device = torch.device(device) if device is not None else default_device()
-    parts = []
-    for i, start in enumerate(range(0, n, bs)):
-        m = min(bs, n - start)
-        f = None if parts_dir is None else Path(parts_dir) / part_name(bm.name, row.name, bs, seed, i, m)
-        if f is not None and f.exists(): part = torch.load(f, weights_only=True)
-        else:
+    def run(i, start, m):
+        t0, c0 = time.perf_counter(), time.process_time()
+        if row.w is None: imgs = generate(bm.model, bm.schedule, m, row.sampler, seed=seed + i, bs=m, device=device, progress=False, **kw)
+        else: imgs = guided_generate(bm.model, bm.schedule, _row_classes(bm, row, start, m), row.w, row.sampler, seed + i, m,
+                                     device, False, **kw)
+        return dict(imgs=imgs, wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
+    batches = [(i, start, min(bs, n - start)) for i, start in enumerate(range(0, n, bs))]
+    parts, todo = {}, batches
+    while todo:
+        others = []
+        for i, start, m in todo:
+            f = None if parts_dir is None else Path(parts_dir) / part_name(bm.name, row.name, bs, seed, i, m)
+            if f is not None and f.exists(): parts[i] = torch.load(f, weights_only=True); continue
             if deadline is not None and time.time() > deadline: return None
-            t0, c0 = time.perf_counter(), time.process_time()
-            if row.w is None: imgs = generate(bm.model, bm.schedule, m, row.sampler, seed=seed + i, bs=m, device=device, progress=False, **kw)
-            else: imgs = guided_generate(bm.model, bm.schedule, _row_classes(bm, row, start, m), row.w, row.sampler, seed + i, m,
-                                         device, False, **kw)
-            part = dict(imgs=imgs, wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
-            if f is not None: atomic_write(f, lambda tmp: torch.save(part, tmp))
-        parts.append(part)
+            if f is None: parts[i] = run(i, start, m); continue
+            if not claim_part(f): others.append((i, start, m)); continue
+            try:
+                if f.exists(): parts[i] = torch.load(f, weights_only=True)  # finished between our look and our claim
+                else:
+                    parts[i] = run(i, start, m)
+                    atomic_write(f, lambda tmp: torch.save(parts[i], tmp))
+            finally: f.with_suffix('.claim').unlink(missing_ok=True)
+        if others: time.sleep(poll)  # batches other workers hold: look again (and take over any whose worker died)
+        todo = others
+    parts = [parts[i] for i, _, _ in batches]
     return torch.cat([p['imgs'] for p in parts]), sum(p['wall'] for p in parts), sum(p['cpu'] for p in parts)
 
 def real_floor(evaluator, # An `ImageEval` (e.g. `ImageEval.fashion_mnist('test')`)

@@ -320,3 +320,32 @@ def test_guided_rows_ask_for_every_class_and_report_accuracy(monkeypatch):
     assert torch.equal(asked, torch.arange(12) % 10)
     assert 'class acc' in bench_table(res) and '| 0.500 |' in bench_table(res)
     with pytest.raises(ValueError, match='no class conditioning'): bench_samplers([tiny_model()], 'ddim2-w1', StubEval(), n=4, log=None)
+
+
+def test_claim_part_takes_over_dead_workers(tmp_path):
+    import subprocess, sys
+    from ddpm_from_scratch.experiments import claim_part
+    f = tmp_path / 'b_0.pt'
+    assert claim_part(f) and f.with_suffix('.claim').read_text() == str(__import__('os').getpid())
+    assert not claim_part(f)  # held by a live process (this one)
+    dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()
+    f.with_suffix('.claim').write_text(str(dead.pid))
+    assert claim_part(f)  # its worker is gone: taken over
+
+
+def test_two_workers_share_a_row(tmp_path):
+    import os, threading
+    from ddpm_from_scratch.experiments import part_name
+    row = SamplerRow.make('ddim', steps=2, eta=1.)
+    want, _, _ = time_row(tiny_model(), row, n=6, bs=2, device='cpu')
+    other = tmp_path / part_name('count', row.name, 2, 0, 1, 2)
+    other.with_suffix('.claim').write_text(str(os.getppid()))  # batch 1 is being computed by a live process
+    bm, out = tiny_model(), {}
+    t = threading.Thread(target=lambda: out.update(r=time_row(bm, row, n=6, bs=2, device='cpu', parts_dir=tmp_path, poll=0.05)))
+    t.start()
+    while not (tmp_path / part_name('count', row.name, 2, 0, 2, 2)).exists(): t.join(0.05)
+    assert t.is_alive()  # batches 0 and 2 are done; batch 1 is awaited, not recomputed
+    torch.save(dict(imgs=want[2:4], wall=1., cpu=1.), other); other.with_suffix('.claim').unlink()
+    t.join(10)
+    imgs, wall, cpu = out['r']
+    assert torch.equal(imgs, want) and bm.model.calls == 2 * 2 and not list(tmp_path.glob('*.claim'))
