@@ -13,6 +13,9 @@ With --json the results accumulate in that file across runs (same N only) and ev
 them, so a long benchmark can run in pieces. Finished batches of images are kept in --parts (default JSON.parts):
 with --max-minutes even one row (1,000-step DDPM) can be spread over several runs. A batch's file does not depend on N,
 so a run at --n 512 reuses the first 512 images of a run at --n 2048 (same --bs and --seed).
+Several processes may run at once with the same --parts (one thread each on a CPU): each computes the batches no other
+live process has claimed and waits for the rest, so two workers finish one long row in half the time. Give each its
+own --json, then run once more with all rows and the final --json to gather every row from the saved batches.
 Rows: `ddim100-w1` guides a class-conditional model with scale 1 towards the classes 0..9 in turn and adds the shipped
 classifier's accuracy on the asked-for class.
 
