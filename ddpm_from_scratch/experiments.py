@@ -222,10 +222,10 @@ def claim_part(f:Path)->bool:
     for _ in range(2):
         try: fd = os.open(c, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try: pid = int(c.read_text() or 0)
-            except (OSError, ValueError): pid = 0
-            if pid and _alive(pid): return False
-            c.unlink(missing_ok=True)  # the worker that claimed it is gone (or had not written its id yet: retry once)
+            try: pid, age = int(c.read_text() or 0), time.time() - c.stat().st_mtime
+            except (OSError, ValueError): pid, age = 0, 0.
+            if (pid and _alive(pid)) or (not pid and age < 60): return False  # held, or just created and its id not yet written
+            c.unlink(missing_ok=True)  # the worker that claimed it is gone: take it over
             continue
         os.write(fd, str(os.getpid()).encode()); os.close(fd)
         return True

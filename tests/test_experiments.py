@@ -331,6 +331,10 @@ def test_claim_part_takes_over_dead_workers(tmp_path):
     dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()
     f.with_suffix('.claim').write_text(str(dead.pid))
     assert claim_part(f)  # its worker is gone: taken over
+    c = f.with_suffix('.claim'); c.write_text('')  # created, its id not written yet
+    assert not claim_part(f)
+    old = c.stat().st_mtime - 120; __import__('os').utime(c, (old, old))
+    assert claim_part(f)  # an empty claim a minute old: its worker died before writing its id
 
 
 def test_two_workers_share_a_row(tmp_path):
