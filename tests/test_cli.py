@@ -58,7 +58,7 @@ def test_sample_writes_grid_and_tensor(trained, sampler):
     assert (trained / f'{sampler}.png').exists()
 
 
-def test_ddim_eta0_is_reproducible(trained):
+def test_sampling_is_reproducible(trained):
     for i in (1, 2):
         assert run('ddpm_sample', '--ckpt', 'run', '--n', '2', '--steps', '4', '--seed', '7', '--out', f'r{i}.png',
                    '--tensor', f'r{i}.pt', '--quiet', cwd=trained).returncode == 0
@@ -153,6 +153,35 @@ def test_flag_defaults_are_the_config_defaults():
     shared = [n for n in sig.parameters if hasattr(cfg, n) and n != 'n_classes']   # n_classes: 0 on the command line means None
     assert len(shared) >= 14
     for name in shared: assert sig.parameters[name].default == as_flag(getattr(cfg, name)), name
+
+
+def test_sampling_flags_default_to_SampleConfig():
+    "ddpm_sample and ddpm_eval read their sampling defaults from SampleConfig: one home for them."
+    import inspect
+    from dataclasses import fields
+    from ddpm_from_scratch import cli
+    from ddpm_from_scratch.cli import SampleConfig
+    s = SampleConfig()
+    assert (s.eta, s.clip) == (1., False)   # the measured setting (notebooks 11, 12), not DDIM's textbook default
+    for f in (cli.ddpm_sample, cli.ddpm_eval):
+        sig = inspect.signature(f.__wrapped__)
+        for field in fields(s): assert sig.parameters[field.name].default == getattr(s, field.name), (f.__name__, field.name)
+
+
+def test_eta_and_clip_flags_reach_the_sampler(trained):
+    "--eta 0 and --clip each change the images (same seed); the defaults equal `ddim.generate` with SampleConfig's options."
+    from ddpm_from_scratch.cli import SampleConfig, build_schedule, load_model
+    from ddpm_from_scratch.ddim import generate
+    outs = {}
+    for name, extra in (('default', []), ('eta0', ['--eta', '0']), ('clip', ['--clip'])):
+        assert run('ddpm_sample', '--ckpt', 'run', '--n', '2', '--steps', '4', '--seed', '3', '--out', f'{name}.png',
+                   '--tensor', f'{name}.pt', '--quiet', *extra, cwd=trained).returncode == 0
+        outs[name] = torch.load(trained / f'{name}.pt')
+    assert not torch.equal(outs['default'], outs['eta0']) and not torch.equal(outs['default'], outs['clip'])
+    model, cfg = load_model(trained / 'run')
+    s = SampleConfig()
+    ref = generate(model, build_schedule(cfg), 2, s.sampler, seed=3, progress=False, steps=4, eta=s.eta, clip=s.clip)
+    assert torch.allclose(outs['default'], ref, atol=1e-5)
 
 
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
