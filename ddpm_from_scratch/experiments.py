@@ -318,7 +318,7 @@ def bench_samplers(models:list, # `BenchModel`s
             s = evaluator.scores(imgs)
             opts = {**sampler_options(row.sampler), **row.kwargs}
             rec = dict(model=bm.name, row=row.name, sampler=row.sampler, steps=opts.get('steps', len(bm.schedule)),
-                       eta=opts.get('eta'), fid=s['fid'], kid=s['kid'], kid_std=s['kid_std'], seconds=secs,
+                       eta=opts.get('eta'), clip=None if 'clip' not in opts else bool(opts['clip']), fid=s['fid'], kid=s['kid'], kid_std=s['kid_std'], seconds=secs,
                        cpu_seconds=cpu, hardware=hw)
             if row.w is not None:  # a guided row: the guidance scale, and how often the shipped classifier sees the asked-for class
                 if classifier is None: classifier = load_classifier()
@@ -340,7 +340,9 @@ def bench_table(res:dict, # The results of `bench_samplers`
     if clock not in ('cpu', 'wall'): raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
     key, ck = ('cpu_seconds', 'CPU') if clock == 'cpu' else ('seconds', 'wall')
     guided = any(r.get('w') is not None for r in res['rows'])
-    cols = dict(model='model', sampler='sampler', steps='steps', eta='eta', **(dict(w='w', acc='class acc') if guided else {}), fid='FID', ratio='FID / floor', kid='KID',
+    clips = any(r.get('clip') is False for r in res['rows'])   # show the column once some row samples without clamping
+    cols = dict(model='model', sampler='sampler', steps='steps', eta='eta', **(dict(clip='clip') if clips else {}),
+                **(dict(w='w', acc='class acc') if guided else {}), fid='FID', ratio='FID / floor', kid='KID',
                 wall=f's for {n}, wall', cpu=f's for {n}, CPU', ms=f'ms / image ({ck})', s2048=f's for 2,048 ({ck}, extrapolated)')
     rows = [dict(r, sampler=r['sampler'].upper(), ratio=f"{r['fid'] / fl['fid']:.1f}x", wall=_fmt_secs(r['seconds']),
                  cpu=_fmt_secs(r['cpu_seconds']), ms=_fmt_secs(1000 * r[key] / n), s2048=_fmt_secs(r[key] / n * 2048))

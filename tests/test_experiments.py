@@ -143,6 +143,17 @@ def test_bench_samplers_bookkeeping():
     with pytest.raises(ValueError, match='at least 2'): bench_samplers([bm], 'ddim5', ev, n=1, log=None)
 
 
+def test_clip_rows_record_it_and_the_table_shows_it():
+    "A row with clip0 samples without clamping, records clip=False, and the table gains a clip column."
+    res = bench_samplers([tiny_model()], 'ddim3,ddim3-clip0', StubEval(), n=4, device='cpu', log=None)
+    assert [(r['row'], r['clip']) for r in res['rows']] == [('ddim3', True), ('ddim3-clip0', False)]
+    assert res['rows'][0]['fid'] != res['rows'][1]['fid']   # clamping changed the images
+    head = [l for l in bench_table(res).splitlines() if l.startswith('| model')][0]
+    assert '| clip |' in head
+    res['rows'] = res['rows'][:1]
+    assert '| clip |' not in bench_table(res)   # only shown when some row differs from the default
+
+
 def test_bench_table_numbers():
     res = new_results(256)
     res['floor'] = dict(fid=4.0, kid=0.001)
