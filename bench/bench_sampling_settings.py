@@ -25,17 +25,19 @@ def parse_setting(s:str)->dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('settings', nargs='+', help="DDIM options, e.g. steps=50,eta=1,clip=0")
-    p.add_argument('--ckpt', required=True, help="checkpoint file or folder, or 'pretrained'")
+    p.add_argument('--ckpt', required=True, help="checkpoint file or folder (ddpm_train's, or a diffusers one from the budget sweep), or 'pretrained'")
     p.add_argument('--n', type=int, default=2048)
     p.add_argument('--chunk', type=int, default=512)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
-    from ddpm_from_scratch.cli import build_schedule, load_model
+    from ddpm_from_scratch.cli import load_model, build_schedule
+    from ddpm_from_scratch.experiments import load_bench_model
     from ddpm_from_scratch.data import fashion_tensors
     from ddpm_from_scratch.ddim import generate
     from ddpm_from_scratch.fid import ImageEval
-    model, cfg = load_model(a.ckpt)
+    if a.ckpt == 'pretrained': model, cfg = load_model(a.ckpt); schedule = build_schedule(cfg)
+    else: bm = load_bench_model(a.ckpt); model, schedule = bm.model, bm.schedule   # ddpm_train's or a diffusers UNet2DModel
     ev = ImageEval.fashion_mnist('test')
     real = fashion_tensors('train')[0]
     res = dict(ckpt=a.ckpt, n=a.n, chunk=a.chunk, seed=a.seed, floor=ev.scores(real[:a.n])['fid'],
@@ -44,7 +46,7 @@ def main(argv=None):
     for s in a.settings:
         kw = parse_setting(s)
         t0 = time.process_time()
-        imgs = generate(model, build_schedule(cfg), a.n, 'ddim', seed=a.seed, progress=False, **kw)
+        imgs = generate(model, schedule, a.n, 'ddim', seed=a.seed, progress=False, **kw)
         r = dict(setting=s, fid=ev.scores(imgs)['fid'], cpu_seconds=time.process_time() - t0,
                  chunk_fids=[ev.scores(imgs[i:i + a.chunk])['fid'] for i in range(0, a.n - a.chunk + 1, a.chunk)])
         print(f"{s:>28}  FID@{a.n} {r['fid']:6.2f}   FID@{a.chunk} " + ' '.join(f'{f:5.2f}' for f in r['chunk_fids'])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastcore.script import call_parse, Param
+from fastcore.script import Param, bool_arg, call_parse
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel
 
@@ -124,11 +124,17 @@ def build_schedule(cfg:TrainConfig)->Schedule:
 # %% ../nbs/12_cli.ipynb #3a5ff5c1
 @dataclass(frozen=True)
 class SampleConfig:
-    "How the command line samples unless told otherwise: the setting that scored best in the measurements of notebooks 11 and 12."
+    "How the command line samples unless told otherwise: the settings that scored best in notebooks 11 and 12."
     sampler:str = 'ddim'   # A sampler of the registry `ddim.SAMPLERS`
     steps:int = 50         # Sampling steps, for samplers that take them
     eta:float = 1.         # DDIM's noise: 0 deterministic, 1 DDPM-like (fresh noise at every step)
     clip:bool = False      # Clamp each x0_hat to [-1, 1]
+
+    @classmethod
+    def default(cls, w:float=None # Guidance scale, None when not guiding
+               )->'SampleConfig':
+        "The measured best for guidance scale `w`: eta 1 without clamping, but eta 0 with clamping when guiding with w > 1."
+        return cls(eta=0., clip=True) if w is not None and w > 1 else cls()
 
 _S = SampleConfig()
 
@@ -617,8 +623,8 @@ def ddpm_sample(
     n:int=16, # Number of images
     sampler:str=_S.sampler, # A sampler of the registry: ddpm (all steps, stochastic) or ddim
     steps:int=_S.steps, # Sampling steps, for samplers that take them (ddpm always uses every step)
-    eta:float=_S.eta, # DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like
-    clip:Param("Clamp each step's x0 estimate to [-1, 1] (off by default: it measured worse)", action='store_true')=_S.clip,
+    eta:float=None, # DDIM eta in [0, 1], 0 deterministic, 1 DDPM-like; default 1, or 0 when guiding with --w above 1
+    clip:Param("Clamp each step's x0 estimate to [-1, 1]: true or false; default false, or true when guiding with --w above 1", bool_arg)=None,
     seed:int=0, # Random seed
     tensor:str=None, # Also save the images as a tensor file (.pt), float (n, 1, 32, 32) in [-1, 1]
     classes:str=None, # Class-conditional models: 'all' or comma-separated classes (0-9) to cycle through; omitted: unconditional
@@ -632,8 +638,9 @@ def ddpm_sample(
         if n < 1: raise UserError(f"--n must be positive, got {n}")
         _image_format(out)
         model, cfg = load_model(ckpt, ema=not raw)
-        kwargs = _sampler_kwargs(sampler, steps, eta, clip, cfg.n_steps)
         cs = _classes(classes, cfg, n)
+        d = SampleConfig.default(None if cs is None else w)
+        kwargs = _sampler_kwargs(sampler, steps, d.eta if eta is None else eta, d.clip if clip is None else clip, cfg.n_steps)
         _out_dir(Path(out).resolve().parent)
         imgs = _generate(model, cfg, n, sampler, kwargs, seed, device, not quiet, cs, w)
         save_grid(imgs, out)
@@ -649,7 +656,7 @@ def ddpm_eval(
     sampler:str=_S.sampler, # A sampler of the registry: ddpm or ddim
     steps:int=_S.steps, # Sampling steps, for samplers that take them
     eta:float=_S.eta, # DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like
-    clip:Param("Clamp each step's x0 estimate to [-1, 1] (off by default: it measured worse)", action='store_true')=_S.clip,
+    clip:Param("Clamp each step's x0 estimate to [-1, 1]: true or false", bool_arg)=_S.clip,
     seed:int=0, # Random seed
     device:str=None, # Device, e.g. cpu or cuda; picked automatically if omitted
     json_out:str=None, # Also write the scores to this JSON file

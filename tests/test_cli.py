@@ -158,26 +158,30 @@ def test_flag_defaults_are_the_config_defaults():
 def test_sampling_flags_default_to_SampleConfig():
     "ddpm_sample and ddpm_eval read their sampling defaults from SampleConfig: one home for them."
     import inspect
-    from dataclasses import fields
     from ddpm_from_scratch import cli
     from ddpm_from_scratch.cli import SampleConfig
     s = SampleConfig()
     assert (s.eta, s.clip) == (1., False)   # the measured setting (notebooks 11, 12), not DDIM's textbook default
-    for f in (cli.ddpm_sample, cli.ddpm_eval):
-        sig = inspect.signature(f.__wrapped__)
-        for field in fields(s): assert sig.parameters[field.name].default == getattr(s, field.name), (f.__name__, field.name)
+    assert SampleConfig.default(3.) == SampleConfig(eta=0., clip=True)   # guidance above 1: the textbook setting measured best
+    assert SampleConfig.default(1.) == SampleConfig.default(None) == s
+    ev = inspect.signature(cli.ddpm_eval.__wrapped__).parameters
+    for name in ('sampler', 'steps', 'eta', 'clip'): assert ev[name].default == getattr(s, name), name
+    sp = inspect.signature(cli.ddpm_sample.__wrapped__).parameters
+    assert (sp['sampler'].default, sp['steps'].default) == (s.sampler, s.steps)
+    assert sp['eta'].default is None and sp['clip'].default is None   # resolved by SampleConfig.default(w)
 
 
 def test_eta_and_clip_flags_reach_the_sampler(trained):
-    "--eta 0 and --clip each change the images (same seed); the defaults equal `ddim.generate` with SampleConfig's options."
+    "--eta 0 and --clip true each change the images (same seed); the defaults equal `ddim.generate` with SampleConfig's options."
     from ddpm_from_scratch.cli import SampleConfig, build_schedule, load_model
     from ddpm_from_scratch.ddim import generate
     outs = {}
-    for name, extra in (('default', []), ('eta0', ['--eta', '0']), ('clip', ['--clip'])):
+    for name, extra in (('default', []), ('eta0', ['--eta', '0']), ('clip', ['--clip', 'true']), ('noclip', ['--clip', 'false'])):
         assert run('ddpm_sample', '--ckpt', 'run', '--n', '2', '--steps', '4', '--seed', '3', '--out', f'{name}.png',
                    '--tensor', f'{name}.pt', '--quiet', *extra, cwd=trained).returncode == 0
         outs[name] = torch.load(trained / f'{name}.pt')
     assert not torch.equal(outs['default'], outs['eta0']) and not torch.equal(outs['default'], outs['clip'])
+    assert torch.equal(outs['default'], outs['noclip'])
     model, cfg = load_model(trained / 'run')
     s = SampleConfig()
     ref = generate(model, build_schedule(cfg), 2, s.sampler, seed=3, progress=False, steps=4, eta=s.eta, clip=s.clip)
@@ -288,6 +292,11 @@ def test_class_conditional_sampling_and_pretrained(tmp_path):
             '--quiet', cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert torch.load(tmp_path / 'c.pt').shape == (4, 1, 32, 32)
+    for name, extra in (('c0', ['--eta', '0', '--clip', 'true']), ('c1', ['--eta', '1', '--clip', 'false'])):
+        assert run('ddpm_sample', '--ckpt', 'c', '--n', '4', '--steps', '3', '--classes', '1,7', '--w', '2', '--tensor', f'{name}.pt',
+                   '--out', f'{name}.png', '--quiet', *extra, cwd=tmp_path).returncode == 0
+    c = torch.load(tmp_path / 'c.pt')   # guiding with w > 1 defaults to eta 0 and clamping (SampleConfig.default)
+    assert torch.equal(c, torch.load(tmp_path / 'c0.pt')) and not torch.equal(c, torch.load(tmp_path / 'c1.pt'))
     assert_user_error(run('ddpm_sample', '--ckpt', 'c', '--classes', '10', '--quiet', cwd=tmp_path), 'classes', '[0, 9]')
     assert_user_error(run('ddpm_sample', '--ckpt', 'c', '--classes', 'x', '--quiet', cwd=tmp_path), 'classes')
     assert run('ddpm_train', '--out', 'u', '--epochs', '1', *TINY, cwd=tmp_path).returncode == 0
