@@ -5,7 +5,7 @@
     python bench/budget_sweep.py --root ~/ddpm-runs/sweep --report bench/results/budget_sweep.json
 
 A budget is minutes of training on this 2-core machine with both cores (`ddpm_train --minutes`). Runs are sized by
-step count, not by the clock: `--measure` times every setting with `cli.measure_step_seconds` (2 threads, nothing else
+step count, not by the clock: `--measure` times every setting not yet timed with `cli.measure_step_seconds` (2 threads, nothing else
 running) and a run of B minutes trains `B * 60 / seconds-per-step` steps. So the workers may share the machine (each
 uses one thread) without changing what is measured. Every run trains with `cli.train_ddpm` (the command line's path:
 bf16 autocast where native, warm-up + cosine lr, EMA, checkpoints, so a killed worker resumes where it stopped) on all
@@ -42,6 +42,7 @@ def runs():
     out += [(f'M-2-{k}', 'M', 2, v) for k, v in VARIANTS.items()]           # the recipe's knobs, one at a time, at 2 minutes
     out += [(f'M-9-{k}', 'M', 9, VARIANTS[k]) for k in ('bs64', 'cosine')]  # the promising ones at the main job's budget
     out += [('M-9-bs64-cosine', 'M', 9, {**VARIANTS['bs64'], **VARIANTS['cosine']})]  # and both together
+    out += [(f'{s}-9-bs64-cosine', s, 9, {**VARIANTS['bs64'], **VARIANTS['cosine']}) for s in ('diffusers', 'M2')]  # scored well, the deeper nets led
     out += [('L-9', 'L', 9, {}), ('L-2', 'L', 2, {})]
     return out + [(f'{s}-5', s, 5, {}) for s in ('M2', 'M', 'S', 'L')]
 
@@ -51,9 +52,10 @@ def config(size, changes, steps=0):
 def speed_key(size, changes): return f"{size}-bs{changes.get('bs', BASE['bs'])}"
 
 def measure(root):
-    "Seconds per optimiser step of every (size, batch size) in the sweep, with 2 threads."
+    "Seconds per optimiser step of every (size, batch size) in the sweep not yet in speeds.json, with 2 threads."
     torch.set_num_threads(2)
-    speeds = {}
+    f = root / 'speeds.json'
+    speeds = json.loads(f.read_text()) if f.exists() else {}
     for _, size, _, ch in runs():
         k = speed_key(size, ch)
         if k in speeds: continue
@@ -61,7 +63,7 @@ def measure(root):
         model = fashion_unet(**DIFFUSERS) if size == 'diffusers' else None
         speeds[k] = measure_step_seconds(cfg, model, device='cpu', n=10)
         print(f"{k}: {speeds[k]:.3f} s/step", flush=True)
-    (root / 'speeds.json').write_text(json.dumps(speeds, indent=1))
+        f.write_text(json.dumps(speeds, indent=1))
 
 def claim(path):
     "Take a run for this worker (atomic: several workers may look at once)."
