@@ -67,7 +67,7 @@ class TrainConfig:
     # The defaults are the best recipe `bench/budget_sweep.py` found for `ddpm_train --minutes 9` on a 2-core CPU (below).
     # the network: our U-Net (notebook 09)
     channels:tuple = (32, 64, 128) # U-Net widths, one per resolution level (GroupNorm: `ddpm.default_groups`)
-    n_res:int = 1                  # Resnet blocks per level
+    n_res:int = 2                  # Resnet blocks per level
     attn_res:tuple = ()            # Resolutions with self-attention, e.g. (8,)
     n_classes:int = None           # None: unconditional; 10: conditioned on the Fashion-MNIST label (for guidance)
     p_uncond:float = 0.1           # With n_classes: fraction of training labels dropped to "no class"
