@@ -1,0 +1,69 @@
+"""Which part of a U-Net's layout matters at the 9-minute budget? Our `UNet` in layouts closer to diffusers'
+`UNet2DModel`, trained like `budget_sweep.py`'s runs and scored like `bench_sampling_settings.py`.
+
+    python bench/layout_probe.py --measure            # seconds per step of each layout, 2 threads, machine idle
+    OMP_NUM_THREADS=1 python bench/layout_probe.py --work NAME   # train one layout (run one per core), then score it
+
+Every run uses the command line's recipe (`TrainConfig()`: batch 64, cosine schedule, lr 3e-3, EMA 0.999, bf16 where
+native) for `9 * 60 / (measured s/step)` steps, and is scored with DDIM-50, eta 1, not clamped, on 2,048 images
+(and each block of 512). Results go to ROOT/NAME/result.json. The layouts are options `UNet` already has that
+`TrainConfig` does not expose, so the probe builds the network itself.
+"""
+import argparse, json, time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ddpm_from_scratch.cli import TrainConfig, build_schedule, load_checkpoint, measure_step_seconds, train_ddpm
+from ddpm_from_scratch.ddim import generate
+from ddpm_from_scratch.ddpm import default_groups
+from ddpm_from_scratch.data import fashion_tensors
+from ddpm_from_scratch.fid import ImageEval
+from ddpm_from_scratch.unet import UNet
+
+LAYOUTS = {  # M2 is the command line's default network; the others change one thing towards diffusers' layout
+    'M2': dict(channels=(32, 64, 128), n_res=2),
+    'M2-cat': dict(channels=(32, 64, 128), n_res=2, skip='cat'),
+    'S3': dict(channels=(16, 32, 64), n_res=3),
+}
+
+def build(name):
+    kw = LAYOUTS[name]
+    return UNet(attn_res=(), groups=default_groups(kw['channels']), **kw)
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'layouts'))
+    p.add_argument('--measure', action='store_true'); p.add_argument('--work', default=None)
+    p.add_argument('--minutes', type=float, default=9.)
+    a = p.parse_args()
+    root = Path(a.root); root.mkdir(parents=True, exist_ok=True)
+    speeds_f = root / 'speeds.json'
+    speeds = json.loads(speeds_f.read_text()) if speeds_f.exists() else {}
+    if a.measure:
+        torch.set_num_threads(2)
+        for name in LAYOUTS:
+            if name in speeds: continue
+            speeds[name] = measure_step_seconds(TrainConfig(), build(name), device='cpu', n=10)
+            print(f"{name}: {speeds[name]:.3f} s/step, {sum(q.numel() for q in build(name).parameters()):,} params", flush=True)
+            speeds_f.write_text(json.dumps(speeds, indent=1))
+    if a.work:
+        name, d = a.work, root / a.work
+        steps = int(a.minutes * 60 / speeds[name])
+        cfg = replace(TrainConfig(), total_steps=steps)
+        print(f"{name}: {steps} steps", flush=True)
+        t0, c0 = time.time(), time.process_time()
+        ck_path = train_ddpm(cfg, d, resume=True, device='cpu', progress=False, n_samples=0, model=build(name), ckpt_minutes=3)
+        train = dict(wall=time.time() - t0, cpu=time.process_time() - c0)
+        model = build(name); model.load_state_dict(load_checkpoint(ck_path)['ema']); model.eval()
+        ev = ImageEval.fashion_mnist('test')
+        imgs = generate(model, build_schedule(cfg), 2048, 'ddim', seed=0, progress=False, steps=50, eta=1., clip=False)
+        res = dict(name=name, layout={k: list(v) if isinstance(v, tuple) else v for k, v in LAYOUTS[name].items()},
+                   params=sum(q.numel() for q in model.parameters()), steps=steps, step_s=speeds[name], train=train,
+                   fid=ev.scores(imgs)['fid'], chunk_fids=[ev.scores(imgs[i:i + 512])['fid'] for i in range(0, 2048, 512)],
+                   floor=ev.scores(fashion_tensors('train')[0][:2048])['fid'])
+        (d / 'result.json').write_text(json.dumps(res, indent=1))
+        print(f"{name}: FID {res['fid']:.2f} at N=2048 (blocks of 512: {', '.join(f'{f:.2f}' for f in res['chunk_fids'])})", flush=True)
+
+if __name__ == '__main__': main()
