@@ -7,8 +7,8 @@ __all__ = ['CKPT_FORMAT', 'PRETRAINED', 'UserError', 'TrainConfig', 'build_model
            'save_checkpoint', 'load_checkpoint', 'pretrained_path', 'model_from_checkpoint', 'load_model',
            'load_pretrained', 'warmup_cosine', 'WarmupCosineCB', 'global_step', 'ResumeCB', 'WarmupEMA', 'EMACB',
            'CheckpointCB', 'process_rank', 'is_main', 'unwrap', 'ShardBatchCB', 'RankLogCB', 'train_dls', 'fit_recipe',
-           'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid', 'run_cli', 'ddpm_train',
-           'ddpm_sample', 'ddpm_eval']
+           'BudgetCB', 'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid', 'run_cli',
+           'ddpm_train', 'ddpm_sample', 'ddpm_eval']
 
 # %% ../nbs/12_cli.ipynb #9a7d685a
 import copy, hashlib, json, math, os, statistics, sys, time
@@ -278,7 +278,8 @@ class CheckpointCB(Callback):
         self.path, self.cfg, self.ema, self.extra, self.every = Path(path), cfg, ema, dict(extra or {}), every
         state = state or {}
         self.history, self.resumed_losses = list(state.get('history') or []), list(state.get('epoch_losses') or [])
-    def before_fit(self, learn): self.last = time.time()
+        self.cpu0 = state.get('cpu_seconds', 0.)  # CPU time of this process (all its threads) in the fits before this one
+    def before_fit(self, learn): self.last, self.cpu_start = time.time(), time.process_time()
     def before_epoch(self, learn):
         if learn.training: self.losses, self.resumed_losses = self.resumed_losses, []
     def after_step(self, learn):
@@ -298,7 +299,8 @@ class CheckpointCB(Callback):
         save_checkpoint(self.path, config=asdict(self.cfg), epoch=epoch, iter=it, step=step, model=unwrap(learn.model).state_dict(),
                         ema=None if ema is None else ema.model.state_dict(),
                         ema_full=None if ema is None else ema.state_dict(), opt=learn.opt.state_dict(),
-                        history=self.history, epoch_losses=self.losses if it else [], rng=torch.get_rng_state(), **self.extra)
+                        history=self.history, epoch_losses=self.losses if it else [], rng=torch.get_rng_state(),
+                        cpu_seconds=self.cpu0 + time.process_time() - self.cpu_start, **self.extra)
         self.last = time.time()
 
 # %% ../nbs/12_cli.ipynb #a4090233
@@ -366,7 +368,8 @@ def fit_recipe(cfg:TrainConfig, # The run's configuration
                progress:bool=False, # Progress bars and per-epoch losses
                cbs=(), # More callbacks, e.g. to record something during training
                extra:dict=None, # More entries for the checkpoint
-               ckpt_every:float=None # Seconds between checkpoints within an epoch; None: at epoch ends only
+               ckpt_every:float=None, # Seconds between checkpoints within an epoch; None: at epoch ends only
+               budget:tuple=None # `(deadline, at)`: `cfg.total_steps` is a first estimate, re-planned at step `at` to end by `time.time()` deadline
               ):
     "Train with the project's one recipe; returns the Learner (`learn.ema` is the `EMACB`, or None; `learn.precision`)."
     rank, world = process_rank()
@@ -385,16 +388,46 @@ def fit_recipe(cfg:TrainConfig, # The run's configuration
         acb = AccelerateCB(_ACC_PRECISION[prec], shard_dls=False, cpu=dev.type == 'cpu')
         dev, train = acb.acc.device, [acb, FiniteLossCB(), ShardBatchCB(rank, world)]
     ema = EMACB(cfg.ema, None if state is None else state.get('ema_full')) if cfg.ema else None
-    recipe = [ResumeCB(cfg.seed, state, cfg.total_steps or None), *train]
-    if ema is not None: recipe.append(ema)
-    if path is not None and rank == 0: recipe.append(CheckpointCB(path, cfg, ema, state, extra, ckpt_every))
+    resume, sched = ResumeCB(cfg.seed, state, cfg.total_steps or None), WarmupCosineCB(cfg.lr, cfg.run_steps(), cfg.warmup)
+    ckpt = CheckpointCB(path, cfg, ema, state, extra, ckpt_every) if path is not None and rank == 0 else None
+    recipe = [resume, *train] + [cb for cb in (ema, ckpt) if cb is not None]
     if os.environ.get('DDPM_RANK_LOG'): recipe.append(RankLogCB(os.environ['DDPM_RANK_LOG']))
     if progress: recipe.append(ProgressCB())
-    learn = fit_ddpm(model, dls, cfg.epochs, cfg.lr, cb=DDPMCB(build_schedule(cfg), cond=cfg.n_classes, p_uncond=cfg.p_uncond),
+    n_epochs = cfg.epochs
+    if budget is not None and state is None and cfg.total_steps:
+        n_epochs = math.ceil(2 * cfg.total_steps / cfg.batches_per_epoch())  # room for up to twice the first estimate
+        def replan(n:int):  # the one step count of the run: its end, its lr schedule, and the config its checkpoints record
+            resume.total_steps = sched.total_steps = n
+            if ckpt is not None: ckpt.cfg = replace(ckpt.cfg, total_steps=n)
+        recipe.append(BudgetCB(*budget, cfg.total_steps, n_epochs * cfg.batches_per_epoch(), replan, progress))
+    learn = fit_ddpm(model, dls, n_epochs, cfg.lr, cb=DDPMCB(build_schedule(cfg), cond=cfg.n_classes, p_uncond=cfg.p_uncond),
                      cbs=[*recipe, *cbs], opt_func=adam_opt(), metrics=progress, progress=False, valid=False,
-                     lr_cb=WarmupCosineCB(cfg.lr, cfg.run_steps(), cfg.warmup), device=dev)
+                     lr_cb=sched, device=dev)
     learn.ema, learn.precision = ema, (prec, why)
     return learn
+
+class BudgetCB(Callback):
+    "Re-plan a time-budgeted run once, from its own speed: at step `at`, set its step count so that it ends by `deadline`."
+    def __init__(self, deadline:float, # The `time.time()` by which training should end
+                 at:int, # The step to re-plan at (the same on every rank); steps 2 to `at` are timed
+                 estimate:int, # The step count planned so far (from `measure_step_seconds`)
+                 cap:int, # The most steps the run has room for (its epochs)
+                 replan, # `replan(n)` gives the run `n` steps in all
+                 progress:bool=False # Say what was re-planned
+                ):
+        self.deadline, self.at, self.estimate, self.cap, self.replan, self.progress = deadline, at, estimate, cap, replan, progress
+    def after_step(self, learn):
+        step = global_step(learn) + 1
+        if step == 1: self.t1 = time.time()  # the first step's set-up (allocations, caches) is not timed
+        if step != self.at: return
+        now = time.time()
+        step_s = (now - self.t1) / (step - 1)
+        n = min(self.cap, step + max(1, int(0.97 * (self.deadline - now) / step_s)))  # 3% for the sample grid and the last checkpoint
+        if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's count
+            from accelerate.utils import broadcast_object_list
+            n = broadcast_object_list([n])[0]
+        self.replan(n)
+        if self.progress: print(f"re-planned after {step} steps: {step_s:.3f} s per step, so {n} steps in all (estimated: {self.estimate})", flush=True)
 
 class StepTimerCB(Callback):
     "Record the wall time between consecutive optimiser steps (data, forward, backward, step and callbacks included)."
@@ -436,17 +469,18 @@ def _out_dir(path)->Path:
     return path
 
 def _budget(cfg:TrainConfig, minutes:float, t0:float, model, device, progress:bool)->TrainConfig:
-    "`cfg` with `total_steps` set so that training (started at `t0`) ends near `minutes`, from the measured step time."
+    "`cfg` with a first estimate of `total_steps` for a run (started at `t0`) to end near `minutes`, and `fit_recipe`'s `budget`."
     if not minutes > 0: raise UserError(f"--minutes must be positive, got {minutes}")
     step_s = measure_step_seconds(cfg, model, device=device)
     left = 60 * minutes - (time.time() - t0)
-    steps = max(1, int(0.95 * left / step_s))   # 5% for the sample grid, checkpoints, and a few steps timing faster than a long run
-    if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's count
+    steps = max(1, int(0.97 * left / step_s))   # a first estimate: the run re-plans it from its own speed (`BudgetCB`)
+    at = max(2, math.ceil(steps * min(0.1, 1 / minutes)))  # re-plan after 10% of the estimate, or its first minute if sooner
+    if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's counts
         from accelerate.utils import broadcast_object_list  # only under several processes; accelerate is slow to import
-        steps = broadcast_object_list([steps])[0]
-    if progress: print(f"time budget {minutes:g} min: {step_s:.3f} s per step measured, so {steps} steps "
-                       f"({steps / cfg.batches_per_epoch():.2f} epochs)")
-    return replace(cfg, total_steps=steps)
+        steps, at = broadcast_object_list([steps, at])
+    if progress: print(f"time budget {minutes:g} min: {step_s:.3f} s per step measured, so about {steps} steps "
+                       f"({steps / cfg.batches_per_epoch():.2f} epochs); re-planned after {at}")
+    return replace(cfg, total_steps=steps), (t0 + 60 * minutes, at)
 
 def _check_resume(ck:dict, cfg:TrainConfig):
     old = TrainConfig.from_dict(ck['config'])
@@ -486,9 +520,10 @@ def train_ddpm(cfg:TrainConfig, # The run's configuration
                 return ckpt_path
         elif ckpt_path.exists():
             raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
-        elif minutes: cfg = _budget(cfg, minutes, t0, model, device, progress)
+        budget = None
+        if minutes and ck is None: cfg, budget = _budget(cfg, minutes, t0, model, device, progress)
         learn = fit_recipe(cfg, model, path=ckpt_path, state=ck, device=device, progress=progress, extra=extra,
-                           ckpt_every=60 * ckpt_minutes)
+                           ckpt_every=60 * ckpt_minutes, budget=budget)
     except BaseException:
         for d in created:  # a run that fails before its first checkpoint leaves no empty folders behind
             with suppress(OSError): d.rmdir()

@@ -268,6 +268,22 @@ def test_minutes_sets_the_steps_from_the_measured_speed(tmp_path):
     with pytest.raises(UserError, match='minutes'): train_ddpm(cfg, tmp_path / 'c', progress=False, minutes=-1)
 
 
+def test_minutes_replans_from_the_runs_own_speed(tmp_path, monkeypatch, capsys):
+    "A first estimate 3x off (a timing that says steps are 3x faster than they are) is corrected by the run's own speed."
+    import re
+    from ddpm_from_scratch import cli
+    real = cli.measure_step_seconds
+    monkeypatch.setattr(cli, 'measure_step_seconds', lambda *a, **k: real(*a, **k) / 3)
+    cfg = TrainConfig(channels=(8, 16), bs=32, n_train=256, n_steps=50, ema=0.9)
+    t0 = time.time()
+    ck = load_checkpoint(cli.train_ddpm(cfg, tmp_path / 'b', progress=True, n_samples=0, minutes=0.1))
+    secs, out = time.time() - t0, capsys.readouterr().out
+    estimate, steps = int(re.search(r'so about (\d+) steps', out)[1]), int(re.search(r'so (\d+) steps in all', out)[1])
+    assert ck['config']['total_steps'] == ck['step'] == steps < estimate / 2, (estimate, steps)
+    assert TrainConfig.from_dict(ck['config']).epochs == -(-steps // 8)  # the checkpoint records the re-planned run
+    assert secs < 12, secs   # 6 s asked for; the estimate alone would have taken about 18
+
+
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     p = run('ddpm_train', '--out', 'new', '--epochs', '1', '--resume', *TINY, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
