@@ -1,64 +1,68 @@
-"""Turn the reference run into the package's pretrained model, and measure it.
+"""Turn a finished `ddpm_train` run into a shipped reference model, and measure it.
 
-    python bench/make_pretrained.py --run ~/ddpm-runs/ref1/ckpt.pt [--n 512] [--rows ddim100,ddim50,ddim25] [--guidance 50]
+    python bench/make_pretrained.py --run ~/ddpm-runs/v2 --name ddpm_fashion_v2 [--n 512] \
+        [--rows ddim100-eta1-clip0,ddim50-eta1-clip0,ddim25-eta1-clip0,ddim50] [--guidance 50] [--minutes 40]
 
-1. Reads the checkpoint `bench/train_reference.py` wrote, and writes `ddpm_from_scratch/assets/ddpm_fashion_v1.pt`: a
-   `cli` checkpoint whose weights are the EMA weights in float16, with the run's recipe as a `TrainConfig`, so
-   `cli.load_pretrained()` and `ddpm_sample --ckpt pretrained` load it like any checkpoint.
-2. Loads it back exactly as a user would and measures it with the library's own harnesses (`experiments.bench_samplers`
-   for FID/KID and seconds per sampler row, against the real-data floor at the same N; `experiments.guidance_eval`
-   for the shipped classifier's accuracy on the asked-for class at w = 0, 1, 3), then writes the facts and the scores
-   to `ddpm_fashion_v1.json` beside it.
+1. Reads the run's checkpoint (`ddpm_train --out RUN ...`, every step done) and writes
+   `ddpm_from_scratch/assets/NAME.pt`: the same checkpoint format with the EMA weights in float16 and no optimiser
+   state, so `cli.load_model` (and, for the version `cli.PRETRAINED` names, `ddpm_sample --ckpt pretrained`) loads
+   it like any checkpoint.
+2. Loads it back exactly as a user would and measures it with the library's own harnesses: `experiments.bench_samplers`
+   (FID/KID and seconds per sampler row, against the real-data floor at the same N; the rows in the order given, so
+   the ones that matter most go first) and `experiments.guidance_eval` (the shipped classifier's accuracy on the
+   asked-for class at w = 0, 1, 3). `--minutes` bounds the row benchmark: rows not started by then are left out.
+3. Writes the facts and scores to NAME.json beside it: the `ddpm_train` command that reproduces the run, its steps,
+   CPU-hours (from the checkpoint), hardware and the scores.
 """
-import argparse, hashlib, json, os, platform, time
-from dataclasses import asdict
+import argparse, hashlib, json, platform, time
+from dataclasses import asdict, fields
 from pathlib import Path
 
-import torch
-
-import ddpm_from_scratch
-from ddpm_from_scratch.cli import PRETRAINED, TrainConfig, load_model, pretrained_path, save_checkpoint
+from ddpm_from_scratch.cli import TrainConfig, load_checkpoint, load_model, save_checkpoint
+from ddpm_from_scratch.data import assets_path
 from ddpm_from_scratch.experiments import bench_samplers, bench_table, guidance_eval, guidance_table, load_bench_model
 from ddpm_from_scratch.fid import ImageEval
 
 
-def recipe_config(r:dict)->TrainConfig:
-    "The `TrainConfig` that describes `bench/train_reference.py`'s recipe (its random flips aside, noted in the JSON)."
-    u = r['unet']
-    return TrainConfig(channels=tuple(u['channels']), n_res=u['n_res'], attn_res=tuple(u['attn_res']), n_classes=u['n_classes'],
-                       p_uncond=r['p_uncond'], schedule=r['schedule'], n_steps=r['n_steps'], total_steps=r['total_steps'],
-                       bs=r['bs'], lr=r['lr'], warmup=r['warmup'] / r['total_steps'], n_train=0, ema=r['ema'],
-                       precision=r['precision'], seed=r['seed'])
+def train_command(cfg:TrainConfig, out:str)->str:
+    "The `ddpm_train` command line that trains `cfg` (the flags that differ from the defaults)."
+    d, flags = TrainConfig(), []
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in ('total_steps', 'epochs') or v == getattr(d, f.name): continue
+        flags.append(f"--{f.name} {','.join(map(str, v)) if isinstance(v, tuple) else v}")
+    steps = f"--epochs {cfg.epochs}" if cfg.run_steps() == cfg.epochs * cfg.batches_per_epoch() else f"(total_steps {cfg.total_steps}: set by --minutes)"
+    return ' '.join(['ddpm_train --out', out, *flags, steps])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--run', required=True); p.add_argument('--n', type=int, default=512)
-    p.add_argument('--rows', default='ddim100,ddim50,ddim25'); p.add_argument('--guidance', type=int, default=50,
-                   help='images per class for the guidance table (0: skip it)')
+    p.add_argument('--run', required=True, help="ddpm_train's output folder (or its checkpoint.pt)")
+    p.add_argument('--name', required=True, help="the asset's name, e.g. ddpm_fashion_v2")
+    p.add_argument('--n', type=int, default=512)
+    p.add_argument('--rows', default='ddim100-eta1-clip0,ddim50-eta1-clip0,ddim25-eta1-clip0,ddim50')
+    p.add_argument('--guidance', type=int, default=50, help='images per class for the guidance table (0: skip it)')
+    p.add_argument('--minutes', type=float, default=None, help='start no sampler row after this many minutes')
     a = p.parse_args()
-    ck = torch.load(Path(a.run).expanduser(), map_location='cpu', weights_only=False)
-    r = ck['recipe']
-    if ck['step'] != r['total_steps']: raise SystemExit(f"the run is at step {ck['step']} of {r['total_steps']}: not finished")
-    cfg = recipe_config(r)
-    out = pretrained_path()
-    save_checkpoint(out, config=asdict(cfg), epoch=ck['step'] // cfg.batches_per_epoch(), iter=ck['step'] % cfg.batches_per_epoch(),
-                    step=ck['step'], model={k: v.half() for k, v in ck['ema'].items()}, ema=None,
-                    history=[l for _, l in ck['log']])
-    model, cfg2 = load_model('pretrained')   # exactly what a user gets: float16 weights loaded into the float32 network
+    ck = load_checkpoint(Path(a.run).expanduser())
+    cfg = TrainConfig.from_dict(ck['config'])
+    if ck['step'] != cfg.run_steps(): raise SystemExit(f"the run is at step {ck['step']} of {cfg.run_steps()}: not finished")
+    if not cfg.n_classes: raise SystemExit("the reference model is class-conditional (ddpm_train --n_classes 10)")
+    out = assets_path(f'{a.name}.pt')
+    save_checkpoint(out, config=asdict(cfg), epoch=ck['epoch'], iter=ck['iter'], step=ck['step'],
+                    model={k: v.half() for k, v in ck['ema'].items()}, ema=None, history=ck['history'])
+    model, cfg2 = load_model(out)   # exactly what a user gets: float16 weights loaded into the float32 network
     assert cfg2 == cfg
-    bm = load_bench_model(out, PRETRAINED)
+    bm = load_bench_model(out, a.name)
     ev = ImageEval.fashion_mnist('test')
     t0 = time.time()
-    res = bench_samplers([bm], a.rows, ev, n=a.n)
+    res = bench_samplers([bm], a.rows, ev, n=a.n, deadline=None if a.minutes is None else t0 + 60 * a.minutes)
     print(bench_table(res))
-    info = dict(version=PRETRAINED.rsplit('_', 1)[-1], file=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(),
+    info = dict(version=a.name.rsplit('_', 1)[-1], file=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(),
                 bytes=out.stat().st_size, params=sum(p.numel() for p in model.parameters()), config=asdict(cfg),
-                trained_by="bench/train_reference.py (its own loop: the recipe below plus random horizontal flips; "
-                           "the library's ddpm_train had no class conditioning, bf16 or time budget yet)",
-                steps=ck['step'], images_seen=ck['step'] * cfg.bs, train_cpu_hours=round(ck['cpu_seconds'] / 3600, 2),
-                hardware=f"{platform.processor() or platform.machine()}, 2 cores shared with other work, nice 19",
-                notes=ck.get('notes', []), final_loss=ck['log'][-1][1],
+                trained_by=train_command(cfg, Path(a.run).name), steps=ck['step'], images_seen=ck['step'] * cfg.bs,
+                train_cpu_hours=round(ck['cpu_seconds'] / 3600, 2) if 'cpu_seconds' in ck else None,
+                hardware=f"{platform.processor() or platform.machine()}, 2 cores", final_loss=ck['history'][-1],
                 scores=dict(n=a.n, floor=res['floor'], rows=[{k: v for k, v in row.items() if k != 'hardware'} for row in res['rows']],
                             hardware=res['rows'][0]['hardware'] if res['rows'] else None))
     if a.guidance:
