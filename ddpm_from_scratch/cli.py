@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'PRETRAINED', 'UserError', 'TrainConfig', 'build_model', 'build_schedule', 'SampleConfig',
-           'save_checkpoint', 'load_checkpoint', 'pretrained_path', 'model_from_checkpoint', 'load_model',
-           'load_pretrained', 'warmup_cosine', 'WarmupCosineCB', 'global_step', 'ResumeCB', 'WarmupEMA', 'EMACB',
-           'CheckpointCB', 'process_rank', 'is_main', 'unwrap', 'ShardBatchCB', 'RankLogCB', 'train_dls', 'fit_recipe',
-           'BudgetCB', 'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid', 'run_cli',
-           'ddpm_train', 'ddpm_sample', 'ddpm_eval']
+           'save_checkpoint', 'load_checkpoint', 'pretrained_path', 'model_from_checkpoint', 'shipped_models',
+           'load_model', 'load_pretrained', 'warmup_cosine', 'WarmupCosineCB', 'global_step', 'ResumeCB', 'WarmupEMA',
+           'EMACB', 'CheckpointCB', 'process_rank', 'is_main', 'unwrap', 'ShardBatchCB', 'RankLogCB', 'train_dls',
+           'fit_recipe', 'BudgetCB', 'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid',
+           'run_cli', 'ddpm_train', 'ddpm_sample', 'ddpm_eval']
 
 # %% ../nbs/12_cli.ipynb #9a7d685a
 import copy, hashlib, json, math, os, statistics, sys, time
@@ -172,14 +172,18 @@ def model_from_checkpoint(ck:dict, ema:bool=True)->tuple:
         raise UserError(f"the checkpoint's weights do not fit its configuration {cfg.model_config()}: {str(e).splitlines()[0]}") from None
     return model.eval(), cfg
 
-def load_model(ckpt, # A checkpoint file, a folder holding checkpoint.pt, or 'pretrained' for the shipped reference model
+def shipped_models()->list:
+    "The names of the reference models in the package's assets, oldest first (`PRETRAINED` is the one `'pretrained'` means)."
+    return sorted((p.stem for p in assets_path().glob('ddpm_fashion_v*.pt')), key=lambda n: int(n.rsplit('_v', 1)[1]))
+
+def load_model(ckpt, # A checkpoint file, a folder holding checkpoint.pt, 'pretrained', or a shipped model's name
                ema:bool=True # Use the EMA weights (if the checkpoint has them)
               )->tuple:
-    "`(model, cfg)` from a checkpoint, or from the reference model shipped with the package."
-    if str(ckpt) == 'pretrained':
-        p = pretrained_path()
-        if not p.exists(): raise UserError(f"this version ships no pretrained model ({p.name} is missing); train one with ddpm_train")
-        ckpt = p
+    "`(model, cfg)` from a checkpoint, or from a reference model shipped with the package."
+    name = PRETRAINED if str(ckpt) == 'pretrained' else str(ckpt)
+    if not Path(ckpt).exists() and (name == PRETRAINED or name in shipped_models()):
+        ckpt = pretrained_path(name)
+        if not ckpt.exists(): raise UserError(f"this version ships no pretrained model ({ckpt.name} is missing); train one with ddpm_train")
     return model_from_checkpoint(load_checkpoint(ckpt), ema)
 
 def load_pretrained()->tuple:
@@ -653,7 +657,7 @@ def ddpm_train(
 # %% ../nbs/12_cli.ipynb #d5b5e146
 @call_parse
 def ddpm_sample(
-    ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to sample from: a file, a folder holding checkpoint.pt, or 'pretrained' 
+    ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to sample from: a file, a folder holding checkpoint.pt, 'pretrained' or a shipped model's name 
     out:str='samples.png', # Image grid to write; the suffix picks the format (.png, .jpg, ...)
     n:int=16, # Number of images
     sampler:str=_S.sampler, # A sampler of the registry: ddpm (all steps, stochastic) or ddim
@@ -686,7 +690,7 @@ def ddpm_sample(
 # %% ../nbs/12_cli.ipynb #490f285c
 @call_parse
 def ddpm_eval(
-    ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to evaluate (or 'pretrained')
+    ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to evaluate (or 'pretrained', or a shipped model's name)
     n:int=2048, # Number of generated images
     sampler:str=_S.sampler, # A sampler of the registry: ddpm or ddim
     steps:int=_S.steps, # Sampling steps, for samplers that take them

@@ -3,25 +3,42 @@ import hashlib, json, os, shutil, subprocess
 
 import torch
 
-from ddpm_from_scratch.cli import PRETRAINED, TrainConfig, build_schedule, load_checkpoint, load_pretrained, pretrained_path
+import pytest
+
+from ddpm_from_scratch.cli import (PRETRAINED, TrainConfig, build_schedule, load_checkpoint, load_model, load_pretrained,
+                                  pretrained_path, shipped_models)
 from ddpm_from_scratch.classifier import accuracy, load_classifier
 from ddpm_from_scratch.guidance import guided_sample
 from ddpm_from_scratch.unet import UNet
 
 
-def facts(): return json.loads(pretrained_path().with_suffix('.json').read_text())
+def facts(name=PRETRAINED): return json.loads(pretrained_path(name).with_suffix('.json').read_text())
 
 
-def test_asset_is_small_versioned_float16_and_described():
-    p = pretrained_path()
-    assert p.name == f'{PRETRAINED}.pt' and p.stat().st_size <= 10 * 2**20
-    f = facts()
-    assert f['version'] == PRETRAINED.rsplit('_', 1)[-1] and f['file'] == p.name
+def test_the_pretrained_model_is_one_of_the_shipped_ones():
+    assert PRETRAINED in shipped_models() and shipped_models()[0] == 'ddpm_fashion_v1'
+
+
+@pytest.mark.parametrize('name', shipped_models())
+def test_asset_is_small_versioned_float16_and_described(name):
+    p = pretrained_path(name)
+    assert p.name == f'{name}.pt' and p.stat().st_size <= 10 * 2**20
+    f = facts(name)
+    assert f['version'] == name.rsplit('_', 1)[-1] and f['file'] == p.name
     assert f['sha256'] == hashlib.sha256(p.read_bytes()).hexdigest()    # the JSON describes exactly this file
     ck = load_checkpoint(p)
     assert all(v.dtype == torch.float16 for v in ck['model'].values()) and ck['step'] == f['steps']
     assert TrainConfig.from_dict(ck['config']) == TrainConfig.from_dict(f['config'])
     assert f['train_cpu_hours'] > 0 and f['scores']['n'] >= 512 and f['scores']['rows']
+    model, cfg = load_model(name)   # by name, as `ddpm_sample --ckpt NAME` does
+    assert cfg == TrainConfig.from_dict(f['config']) and sum(p.numel() for p in model.parameters()) == f['params']
+
+
+def test_a_local_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    "A folder of the user's that happens to share a shipped model's name is what `--ckpt` means."
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / PRETRAINED).mkdir()
+    with pytest.raises(Exception, match='not found|checkpoint'): load_model(PRETRAINED)
 
 
 def test_load_pretrained_builds_the_class_conditional_unet():
