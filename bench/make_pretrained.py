@@ -43,6 +43,9 @@ def main():
     p.add_argument('--rows', default='ddim100-eta1-clip0,ddim50-eta1-clip0,ddim25-eta1-clip0,ddim50')
     p.add_argument('--guidance', type=int, default=50, help='images per class for the guidance table (0: skip it)')
     p.add_argument('--minutes', type=float, default=None, help='start no sampler row after this many minutes')
+    p.add_argument('--cpu_hours', type=float, default=None,
+                   help="the run's CPU time, for a checkpoint written before checkpoints recorded it (say how it was measured in --note)")
+    p.add_argument('--note', default=None, help='a line for the JSON, e.g. how --cpu_hours was measured')
     a = p.parse_args()
     ck = load_checkpoint(Path(a.run).expanduser())
     cfg = TrainConfig.from_dict(ck['config'])
@@ -61,7 +64,7 @@ def main():
     info = dict(version=a.name.rsplit('_', 1)[-1], file=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(),
                 bytes=out.stat().st_size, params=sum(p.numel() for p in model.parameters()), config=asdict(cfg),
                 trained_by=train_command(cfg, Path(a.run).name), steps=ck['step'], images_seen=ck['step'] * cfg.bs,
-                train_cpu_hours=round(ck['cpu_seconds'] / 3600, 2) if 'cpu_seconds' in ck else None,
+                train_cpu_hours=round(ck['cpu_seconds'] / 3600, 2) if 'cpu_seconds' in ck else a.cpu_hours,
                 hardware=f"{platform.processor() or platform.machine()}, 2 cores", final_loss=ck['history'][-1],
                 scores=dict(n=a.n, floor=res['floor'], rows=[{k: v for k, v in row.items() if k != 'hardware'} for row in res['rows']],
                             hardware=res['rows'][0]['hardware'] if res['rows'] else None))
@@ -70,6 +73,7 @@ def main():
         print(guidance_table(g))
         info['guidance'] = dict(n=10 * a.guidance, steps=50, sampler='ddim',
                                 rows={k: {m: v for m, v in row.items() if m != 'samples'} for k, row in g.items()})
+    if a.note: info['notes'] = [a.note]
     info['eval_seconds'] = round(time.time() - t0)
     out.with_suffix('.json').write_text(json.dumps(info, indent=1, default=float) + '\n')
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.json').name}")
