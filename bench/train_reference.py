@@ -1,7 +1,7 @@
 """Train the reference model (class-conditional, label dropout) on the CPU, resumably: the provenance of `ddpm_fashion_v1`.
 
-This loop predates `ddpm_train`'s class conditioning, bf16 and time budget; the next reference version should be
-trained with `ddpm_train` itself (the one training recipe), and this file then removed.
+This loop predates `ddpm_train`'s class conditioning, bf16 and time budget. The next version, `ddpm_fashion_v2`, was
+trained by `ddpm_train` itself (its JSON holds the command); this file stays while v1 ships, as v1's provenance.
 
     python bench/train_reference.py --out ~/ddpm-runs/ref1 [--threads 2]
 

@@ -156,7 +156,7 @@ def load_checkpoint(path:Path)->dict:
     if ck['format'] != CKPT_FORMAT: raise UserError(f"{path} has checkpoint format {ck['format']}, this version reads {CKPT_FORMAT}")
     return ck
 
-PRETRAINED = 'ddpm_fashion_v1'  # the reference model shipped in the package's assets (weights .pt, facts .json)
+PRETRAINED = 'ddpm_fashion_v2'  # the reference model 'pretrained' means, shipped in the package's assets (weights .pt, facts .json)
 
 def pretrained_path(name:str=PRETRAINED)->Path:
     "Where the shipped reference model's checkpoint lives."
