@@ -472,7 +472,7 @@ def _out_dir(path)->Path:
     except OSError as e: raise UserError(f"cannot write to output directory {path}: {e.strerror}") from None
     return path
 
-def _budget(cfg:TrainConfig, minutes:float, t0:float, model, device, progress:bool)->TrainConfig:
+def _budget(cfg:TrainConfig, minutes:float, t0:float, model, device, progress:bool)->tuple:
     "`cfg` with a first estimate of `total_steps` for a run (started at `t0`) to end near `minutes`, and `fit_recipe`'s `budget`."
     if not minutes > 0: raise UserError(f"--minutes must be positive, got {minutes}")
     step_s = measure_step_seconds(cfg, model, device=device)
