@@ -428,7 +428,7 @@ class BudgetCB(Callback):
         step_s = (now - self.t1) / (step - 1)
         n = min(self.cap, step + max(1, int(0.97 * (self.deadline - now) / step_s)))  # 3% for the sample grid and the last checkpoint
         if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's count
-            from accelerate.utils import broadcast_object_list
+            from accelerate.utils import broadcast_object_list  # only under several processes; accelerate is slow to import
             n = broadcast_object_list([n])[0]
         self.replan(n)
         if self.progress: print(f"re-planned after {step} steps: {step_s:.3f} s per step, so {n} steps in all (estimated: {self.estimate})", flush=True)
