@@ -7,8 +7,8 @@ __all__ = ['CKPT_FORMAT', 'PRETRAINED', 'UserError', 'TrainConfig', 'build_model
            'save_checkpoint', 'load_checkpoint', 'pretrained_path', 'model_from_checkpoint', 'shipped_models',
            'load_model', 'load_pretrained', 'warmup_cosine', 'WarmupCosineCB', 'global_step', 'ResumeCB', 'WarmupEMA',
            'EMACB', 'CheckpointCB', 'process_rank', 'is_main', 'unwrap', 'ShardBatchCB', 'RankLogCB', 'train_dls',
-           'fit_recipe', 'BudgetCB', 'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid',
-           'run_cli', 'ddpm_train', 'ddpm_sample', 'ddpm_eval']
+           'fit_recipe', 'rank0_values', 'BudgetCB', 'StepTimerCB', 'measure_step_seconds', 'train_ddpm', 'image_grid',
+           'save_grid', 'run_cli', 'ddpm_train', 'ddpm_sample', 'ddpm_eval']
 
 # %% ../nbs/12_cli.ipynb #9a7d685a
 import copy, hashlib, json, math, os, statistics, sys, time
@@ -410,6 +410,12 @@ def fit_recipe(cfg:TrainConfig, # The run's configuration
     learn.ema, learn.precision = ema, (prec, why)
     return learn
 
+def rank0_values(*values)->list:
+    "`values` as rank 0 has them, on every rank (as they are, with one process)."
+    if process_rank()[1] == 1: return list(values)
+    from accelerate.utils import broadcast_object_list  # only under several processes; accelerate is slow to import
+    return broadcast_object_list(list(values))
+
 class BudgetCB(Callback):
     "Re-plan a time-budgeted run once, from its own speed: at step `at`, set its step count so that it ends by `deadline`."
     def __init__(self, deadline:float, # The `time.time()` by which training should end
@@ -427,9 +433,7 @@ class BudgetCB(Callback):
         now = time.time()
         step_s = (now - self.t1) / (step - 1)
         n = min(self.cap, step + max(1, int(0.97 * (self.deadline - now) / step_s)))  # 3% for the sample grid and the last checkpoint
-        if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's count
-            from accelerate.utils import broadcast_object_list  # only under several processes; accelerate is slow to import
-            n = broadcast_object_list([n])[0]
+        (n,) = rank0_values(n)  # every rank must run the same steps: rank 0's count
         self.replan(n)
         if self.progress: print(f"re-planned after {step} steps: {step_s:.3f} s per step, so {n} steps in all (estimated: {self.estimate})", flush=True)
 
@@ -479,9 +483,7 @@ def _budget(cfg:TrainConfig, minutes:float, t0:float, model, device, progress:bo
     left = 60 * minutes - (time.time() - t0)
     steps = max(1, int(0.97 * left / step_s))   # a first estimate: the run re-plans it from its own speed (`BudgetCB`)
     at = max(2, math.ceil(steps * min(0.1, 1 / minutes)))  # re-plan after 10% of the estimate, or its first minute if sooner
-    if process_rank()[1] > 1:  # every rank must run the same steps: rank 0's counts
-        from accelerate.utils import broadcast_object_list  # only under several processes; accelerate is slow to import
-        steps, at = broadcast_object_list([steps, at])
+    steps, at = rank0_values(steps, at)  # every rank must run the same steps: rank 0's counts
     if progress: print(f"time budget {minutes:g} min: {step_s:.3f} s per step measured, so about {steps} steps "
                        f"({steps / cfg.batches_per_epoch():.2f} epochs); re-planned after {at}")
     return replace(cfg, total_steps=steps), (t0 + 60 * minutes, at)
