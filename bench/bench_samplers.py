@@ -16,6 +16,8 @@ so a run at --n 512 reuses the first 512 images of a run at --n 2048 (same --bs 
 Several processes may run at once with the same --parts (one thread each on a CPU): each computes the batches no other
 live process has claimed and waits for the rest, so two workers finish one long row in half the time. Give each its
 own --json, then run once more with all rows and the final --json to gather every row from the saved batches.
+`--table-only --blocks K` also scores every row in K disjoint blocks of its saved batches (N/K images each): how far
+FID moves with the draw of the noise alone.
 Rows: `ddim100-w1` guides a class-conditional model with scale 1 towards the classes 0..9 in turn and adds the shipped
 classifier's accuracy on the asked-for class.
 
@@ -46,6 +48,9 @@ def main(argv=None):
     p.add_argument('--grid', default=None, help='also write a PNG with the first --grid-k images of every row (from --parts)')
     p.add_argument('--grid-rows', default=None, help='only these MODEL:ROW lines in the PNG, comma-separated')
     p.add_argument('--grid-k', type=int, default=8, help='images per line of the PNG')
+    p.add_argument('--blocks', type=int, default=None, metavar='K',
+                   help='with --table-only: also score each row in K disjoint blocks of N/K images (from --parts), '
+                        'to see how much FID moves with the draw of the noise')
     t = p.add_argument_group('training a diffusers UNet2DModel with the ddpm_train recipe')
     t.add_argument('--train-diffusers', default=None, metavar='OUT', help='train into folder OUT, then exit')
     t.add_argument('--channels', default='8,16,32', help='block_out_channels')
@@ -80,6 +85,7 @@ def main(argv=None):
             if res is None: raise UserError('--table-only needs an existing --json file')
             print(bench_table(res))
             if a.grid: write_grid(res, parts, a)
+            if a.blocks: block_fids(res, parts, a)
             return 0
         if not a.model: raise UserError('give at least one --model checkpoint (or --train-diffusers OUT)')
         rows = parse_rows(a.rows)
@@ -109,6 +115,28 @@ def main(argv=None):
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def block_fids(res, parts, a):
+    "Print each row's FID in `a.blocks` disjoint blocks of its saved batches: the spread that comes from the noise alone."
+    import torch
+    from ddpm_from_scratch.cli import UserError
+    from ddpm_from_scratch.experiments import part_name
+    from ddpm_from_scratch.fid import ImageEval
+    n, k = res['n'], a.blocks
+    if parts is None: raise UserError('--blocks needs the saved batches: pass --parts or --json')
+    if k < 2 or n % (k * a.bs): raise UserError(f'--blocks: N={n} must split into K>=2 blocks of whole batches of {a.bs}')
+    per = n // (k * a.bs)  # batches per block
+    ev = ImageEval.fashion_mnist('test', device=a.device)
+    print(f"\nFID in {k} disjoint blocks of {n // k} images (batches {per} at a time):")
+    for r in res['rows']:
+        fids = []
+        for b in range(k):
+            files = [Path(parts) / part_name(r['model'], r['row'], a.bs, a.seed, i, a.bs) for i in range(b * per, (b + 1) * per)]
+            if not all(f.exists() for f in files): raise UserError(f"--blocks: batches of {r['row']} are missing in {parts}")
+            fids.append(ev.scores(torch.cat([torch.load(f, weights_only=True)['imgs'] for f in files]))['fid'])
+        print(f"{r['model']:>18} {r['row']:>20}: " + ' '.join(f'{f:5.2f}' for f in fids)
+              + f"   (whole: {r['fid']:.2f}, spread {max(fids) - min(fids):.2f})")
 
 
 def write_grid(res, parts, a):
