@@ -173,9 +173,15 @@ def test_bench_table_numbers():
     with pytest.raises(ValueError, match="'cpu' or 'wall'"): bench_table(res, clock='gpu')
 
 
-def test_script_errors_and_table_only(tmp_path, capsys):
+def bench_script():
+    "bench/bench_samplers.py, imported as a module."
     spec = importlib.util.spec_from_file_location('bench_samplers', ROOT / 'bench' / 'bench_samplers.py')
     script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
+    return script
+
+
+def test_script_errors_and_table_only(tmp_path, capsys):
+    script = bench_script()
     assert script.main(['--rows', 'ddim5']) == 2 and 'at least one --model' in capsys.readouterr().err
     assert script.main(['--model', str(tmp_path / 'nothing')]) == 2 and 'checkpoint not found' in capsys.readouterr().err
     assert script.main(['--model', 'x', '--rows', 'ddim0']) == 2 and 'at least 1 step' in capsys.readouterr().err
@@ -185,13 +191,11 @@ def test_script_errors_and_table_only(tmp_path, capsys):
     assert 'Real-data floor at N=8' in capsys.readouterr().out
 
 
-
 def test_script_blocks_scores_each_block_apart(tmp_path, capsys):
     "--blocks K scores the saved batches of a row in K disjoint blocks: real images must beat noise, in that order."
     import argparse
     from ddpm_from_scratch.experiments import part_name
-    spec = importlib.util.spec_from_file_location('bench_samplers', ROOT / 'bench' / 'bench_samplers.py')
-    script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
+    script = bench_script()
     imgs = torch.cat([fashion_tensors('test')[0][-32:], torch.rand(32, 1, 32, 32) * 2 - 1])  # real, then uniform noise
     parts = tmp_path / 'parts'; parts.mkdir()
     for i in range(8): torch.save(dict(imgs=imgs[8 * i:8 * (i + 1)]), parts / part_name('m', 'ddim5', 8, 0, i, 8))
@@ -204,6 +208,7 @@ def test_script_blocks_scores_each_block_apart(tmp_path, capsys):
     with pytest.raises(UserError, match='blocks of whole batches'): script.block_fids(res, parts, argparse.Namespace(blocks=3, bs=8, seed=0, device='cpu'))
     (parts / part_name('m', 'ddim5', 8, 0, 7, 8)).unlink()
     with pytest.raises(UserError, match='missing'): script.block_fids(res, parts, a)
+
 
 def test_format_table():
     t = format_table([dict(a=1.5, b='x', c=None), dict(a=2., b=3, c=True)], {'a': 'A', 'b': 'B', 'c': 'C'}, dict(a='.2f'))
