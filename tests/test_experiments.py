@@ -1,4 +1,4 @@
-import importlib.util, json
+import importlib.util, json, sys
 from pathlib import Path
 
 import pytest
@@ -173,9 +173,10 @@ def test_bench_table_numbers():
     with pytest.raises(ValueError, match="'cpu' or 'wall'"): bench_table(res, clock='gpu')
 
 
-def bench_script():
-    "bench/bench_samplers.py, imported as a module."
-    spec = importlib.util.spec_from_file_location('bench_samplers', ROOT / 'bench' / 'bench_samplers.py')
+def bench_script(name='bench_samplers'):
+    "bench/NAME.py, imported as a module (with bench/ on the path, as when it runs as a script)."
+    if str(ROOT / 'bench') not in sys.path: sys.path.append(str(ROOT / 'bench'))
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'bench' / f'{name}.py')
     script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
     return script
 
@@ -389,3 +390,20 @@ def test_two_workers_share_a_row(tmp_path):
     t.join(10)
     imgs, wall, cpu = out['r']
     assert torch.equal(imgs, want) and bm.model.calls == 2 * 2 and not list(tmp_path.glob('*.claim'))
+
+
+def test_plain_diffusers_baseline_plans_decays_and_resumes(tmp_path, monkeypatch, capsys):
+    "The issue's baseline loop: diffusers' warm-up + cosine lr, a CPU-time budget, and a resumable state."
+    script = bench_script('plain_diffusers')
+    f = [script._lr_factor(s, 2000) for s in (0, 250, 500, 1000, 1999, 2000)]
+    assert f[0] == 0 and f[1] == pytest.approx(.5) and f[2] == 1 and f[2] > f[3] > f[4] > 0 and f[5] == 0
+    x = fashion_tensors('train')[0][:256]
+    monkeypatch.setattr(script, 'fashion_tensors', lambda split: (x, None))
+    monkeypatch.setattr(script, 'TIMED', 2)
+    model, st = script.train(tmp_path, 1e-3, cpu_minutes=0.005)
+    assert st['step'] >= 1 and len(st['losses']) == st['step'] and (tmp_path / 'state.pt').exists()
+    n0 = st['step']
+    model2, st2 = script.train(tmp_path, 1e-3, cpu_minutes=0.03)   # a larger budget: the same run goes on
+    assert 'resuming at step' in capsys.readouterr().out
+    assert st2['step'] > n0 and len(st2['losses']) == st2['step'] and st2['losses'][:n0] == st['losses']
+    assert st2['cpu'] >= 0.03 * 60 or st2['step'] == st2['total']
