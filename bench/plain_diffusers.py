@@ -3,7 +3,9 @@ job took, then sampled the diffusers way and with our default sampler, and score
 
     OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-4 --lr 1e-4      # one run per core
     OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-3 --lr 1e-3
-    python bench/plain_diffusers.py --ours 'main job=runs/ddpm'                    # our main job, scored the same way
+    python bench/plain_diffusers.py --score 'main job=runs/ddpm'                   # our main job, scored the same way
+    python bench/plain_diffusers.py --score 'main job=runs/ddpm' --n 2048          # DDIM-50 again on 2,048 images
+    python bench/plain_diffusers.py --score lr3e-3=~/ddpm-runs/plain/lr3e-3 --n 2048
     python bench/plain_diffusers.py --report --json bench/results/plain_diffusers.json
 
 The loop is what diffusers' own unconditional training example does, at this project's batch size:
@@ -11,8 +13,9 @@ The loop is what diffusers' own unconditional training example does, at this pro
   network that scored best at the 9-minute budget when trained with our recipe), so the baseline gets its best net;
 - `DDPMScheduler()` as it comes (linear betas 1e-4..0.02, T=1000), noise drawn per image, MSE on the noise;
 - AdamW (betas 0.95/0.999, weight decay 1e-6, eps 1e-8), 500 warm-up steps then cosine decay to 0 over the run
-  (the step count comes from timing 20 early steps against the budget, re-planned once 300 steps later, as
-  `ddpm_train --minutes` does), float32, no EMA, batch 64;
+  (the step count comes from timing 20 early steps against the budget, and is re-planned every 300 steps from the
+  run's own speed, so the decay ends as the budget does even when the machine's load changes), float32, no EMA,
+  batch 64;
 - the budget is process CPU time (`--cpu_minutes`, default 16.4: `ddpm_train --out runs/ddpm --minutes 9` used
   971 + 15 CPU-seconds on this machine), so a run on one thread gets the same arithmetic as the main job on two.
 Scoring (N=512, seed 0, batches of 64, the test split, floor beside it):
@@ -29,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ddpm_from_scratch.cli import (SampleConfig, TrainConfig, build_schedule, load_checkpoint, model_from_checkpoint,
-                                  save_checkpoint)
+from ddpm_from_scratch.cli import SampleConfig, TrainConfig, build_schedule, save_checkpoint
 from ddpm_from_scratch.data import atomic_write, fashion_tensors, set_seed
 from ddpm_from_scratch.ddim import generate
 from ddpm_from_scratch.ddpm import fashion_unet
+from ddpm_from_scratch.experiments import load_bench_model
 from ddpm_from_scratch.fid import ImageEval
 
 from budget_sweep import DIFFUSERS  # bench/ is on the path when this runs as a script
@@ -63,10 +66,11 @@ def train(d:Path, lr:float, cpu_minutes:float, seed:int=0):
             st['total'] = st['step'] + int((cpu_minutes * 60 - (time.process_time() - c0)) / per_step)
             print(f"{TIMED} steps timed at {per_step:.3f} CPU-s: planning {st['total']} steps", flush=True)
             st['t_plan'], st['plan_step'] = time.process_time() - c0, st['step']
-        if st.get('plan_step') and st['step'] == st['plan_step'] + REPLAN:  # re-plan once from the run's own speed
+        if st.get('plan_step') and st['step'] == st['plan_step'] + REPLAN:  # re-plan every REPLAN steps from the run's own speed
             per_step = (time.process_time() - c0 - st['t_plan']) / REPLAN
             st['total'] = st['step'] + int((cpu_minutes * 60 - (time.process_time() - c0)) / per_step)
-            print(f"step {st['step']}: {per_step:.3f} CPU-s per step since the plan, re-planning {st['total']} steps", flush=True)
+            print(f"step {st['step']}: {per_step:.3f} CPU-s per step lately, re-planning {st['total']} steps", flush=True)
+            st['t_plan'], st['plan_step'] = time.process_time() - c0, st['step']
         total = st['total'] or 10 ** 6  # until planned: warm-up only (the cosine barely moves in 20 steps of a long run)
         for grp in opt.param_groups: grp['lr'] = lr * _lr_factor(st['step'], total)
         xb = x[torch.randint(len(x), (BS,), generator=g)]
@@ -108,24 +112,23 @@ def main():
     p.add_argument('--lr', type=float, default=1e-4)
     p.add_argument('--cpu_minutes', type=float, default=16.4)
     p.add_argument('--n', type=int, default=512)
-    p.add_argument('--ours', default=None, metavar='NAME=CKPT', help='score a ddpm_train checkpoint the same way, as run NAME')
+    p.add_argument('--score', default=None, metavar='NAME=CKPT', help="score a checkpoint (ddpm_train's or a run's) with DDIM-50 at --n, as run NAME")
     p.add_argument('--report', action='store_true', help='print every finished run')
     p.add_argument('--json', default=None, help='with --report: also write them all to this file')
     a = p.parse_args()
     root = Path(a.root)
     s = SampleConfig()
-    def ours_row(model, cfg, ev):
+    def ours_row(model, schedule, ev):
         c = time.process_time()
-        imgs = generate(model, build_schedule(cfg), a.n, s.sampler, seed=0, progress=False, steps=s.steps, eta=s.eta, clip=s.clip)
+        imgs = generate(model, schedule, a.n, s.sampler, seed=0, progress=False, steps=s.steps, eta=s.eta, clip=s.clip)
         return dict(fid=ev.scores(imgs)['fid'], cpu_s=time.process_time() - c)
-    if a.ours:
-        name, ck = a.ours.split('=', 1)
-        model, cfg = model_from_checkpoint(load_checkpoint(Path(ck)))
-        ev = ImageEval.fashion_mnist('test')
-        res = dict(name=name, kind='ddpm_train', config=asdict(cfg), steps=load_checkpoint(Path(ck))['step'], n=a.n,
-                   floor=ev.scores(fashion_tensors('train')[0][:a.n])['fid'], ours_ddim50=ours_row(model.eval(), cfg, ev))
-        print(f"{name}: ours DDIM-50 FID {res['ours_ddim50']['fid']:.2f}", flush=True)
-        (root / name).mkdir(parents=True, exist_ok=True); (root / name / 'result.json').write_text(json.dumps(res, indent=1))
+    if a.score:
+        name, ck = a.score.split('=', 1)
+        bm, ev = load_bench_model(Path(ck).expanduser()), ImageEval.fashion_mnist('test')
+        res = dict(n=a.n, steps=bm.info['updates'], floor=ev.scores(fashion_tensors('train')[0][:a.n])['fid'],
+                   **ours_row(bm.model, bm.schedule, ev))
+        print(f"{name}: DDIM-50 FID {res['fid']:.2f} at N={a.n}", flush=True)
+        (root / name).mkdir(parents=True, exist_ok=True); (root / name / f'ddim50_n{a.n}.json').write_text(json.dumps(res, indent=1))
     if a.work:
         d = root / a.work; d.mkdir(parents=True, exist_ok=True)
         model, st = train(d, a.lr, a.cpu_minutes)
@@ -135,19 +138,21 @@ def main():
         model.eval(); ev = ImageEval.fashion_mnist('test')
         res = dict(name=a.work, kind='plain diffusers loop', lr=a.lr, steps=st['step'], planned=st['total'], train_cpu_s=st['cpu'],
                    final_loss=sum(st['losses'][-100:]) / 100, n=a.n, floor=ev.scores(fashion_tensors('train')[0][:a.n])['fid'])
-        res['ours_ddim50'] = ours_row(model, cfg, ev)
+        res['ours_ddim50'] = ours_row(model, build_schedule(cfg), ev)
         print(f"{a.work}: ours DDIM-50 FID {res['ours_ddim50']['fid']:.2f}", flush=True)
         c = time.process_time()
         res['diffusers_ddpm1000'] = dict(fid=ev.scores(ddpm_pipeline(model, a.n, d / 'ddpm_parts'))['fid'], cpu_s=time.process_time() - c)
         print(f"{a.work}: diffusers DDPM-1000 FID {res['diffusers_ddpm1000']['fid']:.2f}", flush=True)
         (d / 'result.json').write_text(json.dumps(res, indent=1))
     if a.report:
-        runs = {f.parent.name: json.loads(f.read_text()) for f in sorted(root.glob('*/result.json'))}
-        for r in runs.values():
-            plain = 'diffusers_ddpm1000' in r
-            print(f"{r['name']} ({r['kind']}): {r['steps']} steps" + (f", lr {r['lr']:g}, {r['train_cpu_s'] / 60:.1f} CPU-min" if plain else '')
-                  + f"; FID at N={r['n']} (floor {r['floor']:.2f}): DDIM-50 {r['ours_ddim50']['fid']:.2f}"
-                  + (f", diffusers DDPM-1000 {r['diffusers_ddpm1000']['fid']:.2f}" if plain else ''))
+        runs = {}
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            r = json.loads((d / 'result.json').read_text()) if (d / 'result.json').exists() else dict(name=d.name)
+            r['ddim50'] = {int(f.stem.split('_n')[1]): json.loads(f.read_text()) for f in sorted(d.glob('ddim50_n*.json'))}
+            if 'steps' in r or r['ddim50']: runs[d.name] = r
+            line = f"{d.name}: " + (f"lr {r['lr']:g}, {r['steps']} steps in {r['train_cpu_s'] / 60:.1f} CPU-min, FID at N={r['n']}: "
+                                    f"DDPMScheduler-1000 {r['diffusers_ddpm1000']['fid']:.2f}, DDIM-50 {r['ours_ddim50']['fid']:.2f}; " if 'steps' in r else '')
+            print(line + ', '.join(f"DDIM-50 at N={n} {v['fid']:.2f} (floor {v['floor']:.2f})" for n, v in r['ddim50'].items()))
         if a.json: Path(a.json).write_text(json.dumps(runs, indent=1))
 
 if __name__ == '__main__': main()
