@@ -26,6 +26,8 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     'M2': dict(channels=(32, 64, 128), n_res=2),
     'M2-cat': dict(channels=(32, 64, 128), n_res=2, skip='cat'),
     'S3': dict(channels=(16, 32, 64), n_res=3),
+    'M2-add': dict(channels=(32, 64, 128), n_res=2, cond='add', skip_scale=False),  # diffusers' resnet: time added, sums not scaled
+    'M2-conv': dict(channels=(32, 64, 128), n_res=2, down='conv'),                   # diffusers' downsampling: stride-2 convolution
 }
 
 def build(name):
