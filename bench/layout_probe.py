@@ -1,13 +1,16 @@
 """Which part of a U-Net's layout matters at the 9-minute budget? Our `UNet` in layouts closer to diffusers'
-`UNet2DModel`, trained like `budget_sweep.py`'s runs and scored like `bench_sampling_settings.py`.
+`UNet2DModel`, and that network with one part made like ours, trained like `budget_sweep.py`'s runs and scored like
+`bench_sampling_settings.py`.
 
     python bench/layout_probe.py --measure            # seconds per step of each layout, 2 threads, machine idle
     OMP_NUM_THREADS=1 python bench/layout_probe.py --work NAME   # train one layout (run one per core), then score it
+    python bench/layout_probe.py --report --json bench/results/layout_probe.json   # every result, and the speeds
 
 Every run uses the command line's recipe (`TrainConfig()`: batch 64, cosine schedule, lr 3e-3, EMA 0.999, bf16 where
 native) for `9 * 60 / (measured s/step)` steps, and is scored with DDIM-50, eta 1, not clamped, on 2,048 images
-(and each block of 512). Results go to ROOT/NAME/result.json. The layouts are options `UNet` already has that
-`TrainConfig` does not expose, so the probe builds the network itself.
+(and each block of 512). Results go to ROOT/NAME/result.json. The layouts are options `UNet` (or `fashion_unet`)
+already has that `TrainConfig` does not expose, so the probe builds the network itself. budget_sweep.py's
+`diffusers-9-bs64-cosine` (FID 3.09) is the network the D- layouts start from.
 """
 import argparse, json, time
 from dataclasses import replace
@@ -15,9 +18,11 @@ from pathlib import Path
 
 import torch
 
+from budget_sweep import DIFFUSERS
+
 from ddpm_from_scratch.cli import TrainConfig, build_schedule, load_checkpoint, measure_step_seconds, train_ddpm
 from ddpm_from_scratch.ddim import generate
-from ddpm_from_scratch.ddpm import default_groups
+from ddpm_from_scratch.ddpm import default_groups, fashion_unet
 from ddpm_from_scratch.data import fashion_tensors
 from ddpm_from_scratch.fid import ImageEval
 from ddpm_from_scratch.unet import UNet
@@ -28,10 +33,14 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     'S3': dict(channels=(16, 32, 64), n_res=3),
     'M2-add': dict(channels=(32, 64, 128), n_res=2, cond='add', skip_scale=False),  # diffusers' resnet: time added, sums not scaled
     'M2-conv': dict(channels=(32, 64, 128), n_res=2, down='conv'),                   # diffusers' downsampling: stride-2 convolution
+    # diffusers' network as budget_sweep.DIFFUSERS builds it, with one part made like ours
+    'D-nomid': dict(diffusers=dict(mid_block_type=None)),                   # no middle block: the bottleneck is the last level alone
+    'D-adagn': dict(diffusers=dict(resnet_time_scale_shift='scale_shift')),  # time as adaptive GroupNorm, as in our default
 }
 
 def build(name):
     kw = LAYOUTS[name]
+    if 'diffusers' in kw: return fashion_unet(**DIFFUSERS, **kw['diffusers'])
     return UNet(attn_res=(), groups=default_groups(kw['channels']), **kw)
 
 def main():
@@ -39,6 +48,7 @@ def main():
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'layouts'))
     p.add_argument('--measure', action='store_true'); p.add_argument('--work', default=None)
     p.add_argument('--minutes', type=float, default=9.)
+    p.add_argument('--report', action='store_true'); p.add_argument('--json', default=None)
     a = p.parse_args()
     root = Path(a.root); root.mkdir(parents=True, exist_ok=True)
     speeds_f = root / 'speeds.json'
@@ -67,5 +77,12 @@ def main():
                    floor=ev.scores(fashion_tensors('train')[0][:2048])['fid'])
         (d / 'result.json').write_text(json.dumps(res, indent=1))
         print(f"{name}: FID {res['fid']:.2f} at N=2048 (blocks of 512: {', '.join(f'{f:.2f}' for f in res['chunk_fids'])})", flush=True)
+
+    if a.report:
+        res = {d.name: json.loads((d / 'result.json').read_text()) for d in sorted(root.iterdir()) if (d / 'result.json').exists()}
+        for r in res.values():
+            print(f"{r['name']}: {r['params']:,} params, {r['steps']} steps at {r['step_s']:.3f} s, FID {r['fid']:.2f} at N=2048 "
+                  f"(blocks of 512: {', '.join(f'{f:.2f}' for f in r['chunk_fids'])})")
+        if a.json: Path(a.json).write_text(json.dumps({**res, '_speeds': speeds}, indent=1))
 
 if __name__ == '__main__': main()

@@ -407,3 +407,18 @@ def test_plain_diffusers_baseline_plans_decays_and_resumes(tmp_path, monkeypatch
     assert 'resuming at step' in capsys.readouterr().out
     assert st2['step'] > n0 and len(st2['losses']) == st2['step'] and st2['losses'][:n0] == st['losses']
     assert st2['cpu'] >= 0.03 * 60 or st2['step'] == st2['total']
+
+
+def test_layout_probe_builds_every_layout():
+    "Each probed layout builds and predicts noise shaped like x; the D- layouts are diffusers' network with one part changed."
+    script = bench_script('layout_probe')
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 700])
+    n = {}
+    for name in script.LAYOUTS:
+        m = script.build(name)
+        out = m(x, t)
+        assert getattr(out, 'sample', out).shape == x.shape, name
+        n[name] = sum(p.numel() for p in m.parameters())
+    base = sum(p.numel() for p in script.fashion_unet(**script.DIFFUSERS).parameters())
+    assert n['D-nomid'] < base < n['D-adagn']  # no middle block: fewer weights; scale and shift: twice the time projection
+    assert n['M2-add'] < n['M2'] < n['M2-conv'] < n['M2-cat']
