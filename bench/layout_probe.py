@@ -10,7 +10,9 @@ Every run uses the command line's recipe (`TrainConfig()`: batch 64, cosine sche
 native) for `9 * 60 / (measured s/step)` steps, and is scored with DDIM-50, eta 1, not clamped, on 2,048 images
 (and each block of 512). Results go to ROOT/NAME/result.json. The layouts are options `UNet` (or `fashion_unet`)
 already has that `TrainConfig` does not expose, so the probe builds the network itself. budget_sweep.py's
-`diffusers-9-bs64-cosine` (FID 3.09) is the network the D- layouts start from.
+`diffusers-9-bs64-cosine` (FID 3.09, 3,899 steps) is the network the D- layouts start from; they train
+`3899 * speed(D) / speed(NAME)` steps (`--steps`), D's speed measured beside theirs, since the machine's speed
+drifts between sessions (D timed 0.138 s per step in the sweep, 0.104 s beside D-nomid and D-adagn).
 """
 import argparse, json, time
 from dataclasses import replace
@@ -33,7 +35,8 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     'S3': dict(channels=(16, 32, 64), n_res=3),
     'M2-add': dict(channels=(32, 64, 128), n_res=2, cond='add', skip_scale=False),  # diffusers' resnet: time added, sums not scaled
     'M2-conv': dict(channels=(32, 64, 128), n_res=2, down='conv'),                   # diffusers' downsampling: stride-2 convolution
-    # diffusers' network as budget_sweep.DIFFUSERS builds it, with one part made like ours
+    # diffusers' network as budget_sweep.DIFFUSERS builds it (D: its speed, beside the others'), with one part made like ours
+    'D': dict(diffusers={}),
     'D-nomid': dict(diffusers=dict(mid_block_type=None)),                   # no middle block: the bottleneck is the last level alone
     'D-adagn': dict(diffusers=dict(resnet_time_scale_shift='scale_shift')),  # time as adaptive GroupNorm, as in our default
 }
@@ -48,6 +51,7 @@ def main():
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'layouts'))
     p.add_argument('--measure', action='store_true'); p.add_argument('--work', default=None)
     p.add_argument('--minutes', type=float, default=9.)
+    p.add_argument('--steps', type=int, default=None, help="train this many steps instead (e.g. scaled from a reference run's by the speeds)")
     p.add_argument('--report', action='store_true'); p.add_argument('--json', default=None)
     a = p.parse_args()
     root = Path(a.root); root.mkdir(parents=True, exist_ok=True)
@@ -62,7 +66,7 @@ def main():
             speeds_f.write_text(json.dumps(speeds, indent=1))
     if a.work:
         name, d = a.work, root / a.work
-        steps = int(a.minutes * 60 / speeds[name])
+        steps = a.steps or int(a.minutes * 60 / speeds[name])
         cfg = replace(TrainConfig(), total_steps=steps)
         print(f"{name}: {steps} steps", flush=True)
         t0, c0 = time.time(), time.process_time()

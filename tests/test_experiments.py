@@ -420,5 +420,5 @@ def test_layout_probe_builds_every_layout():
         assert getattr(out, 'sample', out).shape == x.shape, name
         n[name] = sum(p.numel() for p in m.parameters())
     base = sum(p.numel() for p in script.fashion_unet(**script.DIFFUSERS).parameters())
-    assert n['D-nomid'] < base < n['D-adagn']  # no middle block: fewer weights; scale and shift: twice the time projection
+    assert n['D'] == base and n['D-nomid'] < base < n['D-adagn']  # no middle block: fewer weights; scale and shift: twice the time projection
     assert n['M2-add'] < n['M2'] < n['M2-conv'] < n['M2-cat']
