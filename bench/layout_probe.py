@@ -41,6 +41,19 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     'D-adagn': dict(diffusers=dict(resnet_time_scale_shift='scale_shift')),  # time as adaptive GroupNorm, as in our default
 }
 
+RESULTS = Path(__file__).parent / 'results'
+REFERENCES = {'M2': 'M2-9-bs64-cosine', 'D': 'diffusers-9-bs64-cosine'}  # budget_sweep's runs of the probe's starting points
+
+def conv_macs(model)->dict:
+    "Multiply-adds of `model`'s convolutions for one 32x32 image, by the resolution they run at: {32: ..., 16: ..., 8: ...}."
+    macs, hooks = {}, []
+    def count(m, inp, out): macs[out.shape[-1]] = macs.get(out.shape[-1], 0) + out[0].numel() * m.weight[0].numel()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d): hooks.append(m.register_forward_hook(count))
+    with torch.no_grad(): model(torch.zeros(1, 1, 32, 32), torch.tensor([500]))
+    for h in hooks: h.remove()
+    return macs
+
 def build(name):
     kw = LAYOUTS[name]
     if 'diffusers' in kw: return fashion_unet(**DIFFUSERS, **kw['diffusers'])
@@ -83,10 +96,19 @@ def main():
         print(f"{name}: FID {res['fid']:.2f} at N=2048 (blocks of 512: {', '.join(f'{f:.2f}' for f in res['chunk_fids'])})", flush=True)
 
     if a.report:
-        res = {d.name: json.loads((d / 'result.json').read_text()) for d in sorted(root.iterdir()) if (d / 'result.json').exists()}
+        out = Path(a.json) if a.json else None
+        res = {k: v for k, v in json.loads(out.read_text()).items() if not k.startswith('_')} if out and out.exists() else {}
+        res.update({d.name: json.loads((d / 'result.json').read_text()) for d in sorted(root.iterdir()) if (d / 'result.json').exists()})
+        sweep = {r['name']: r for r in json.loads((RESULTS / 'budget_sweep.json').read_text())['runs']}
+        scored = json.loads((RESULTS / 'sampling_settings.json').read_text())
+        for name, run in REFERENCES.items():  # the two networks the probe starts from, as the sweep trained and scored them
+            row = scored[run]['rows'][-1]
+            res[name] = dict(name=name, layout=LAYOUTS[name], params=sweep[run]['params'], steps=sweep[run]['steps'],
+                             step_s=sweep[run]['step_s'], fid=row['fid'], chunk_fids=row['chunk_fids'], source=run)
         for r in res.values():
-            print(f"{r['name']}: {r['params']:,} params, {r['steps']} steps at {r['step_s']:.3f} s, FID {r['fid']:.2f} at N=2048 "
-                  f"(blocks of 512: {', '.join(f'{f:.2f}' for f in r['chunk_fids'])})")
-        if a.json: Path(a.json).write_text(json.dumps({**res, '_speeds': speeds}, indent=1))
+            r['macs'] = conv_macs(build(r['name']))
+            print(f"{r['name']}: {r['params']:,} params, {sum(r['macs'].values()) / 1e6:.0f}M MACs, {r['steps']} steps, "
+                  f"FID {r['fid']:.2f} at N=2048 (blocks of 512: {', '.join(f'{f:.2f}' for f in r['chunk_fids'])})")
+        if out: out.write_text(json.dumps({**res, '_speeds': speeds}, indent=1))
 
 if __name__ == '__main__': main()
