@@ -422,3 +422,7 @@ def test_layout_probe_builds_every_layout():
     base = sum(p.numel() for p in script.fashion_unet(**script.DIFFUSERS).parameters())
     assert n['D'] == base and n['D-nomid'] < base < n['D-adagn']  # no middle block: fewer weights; scale and shift: twice the time projection
     assert n['M2-add'] < n['M2'] < n['M2-conv'] < n['M2-cat']
+    macs = {name: script.conv_macs(script.build(name)) for name in ('S3', 'D', 'D-nomid')}
+    assert all(set(m) == {32, 16, 8} for m in macs.values())
+    # the middle block is two resnet blocks of two 3x3 convolutions, 64 channels, at 8x8
+    assert macs['D'][8] - macs['D-nomid'][8] == 2 * 2 * 64 * 64 * 9 * 8 * 8 and macs['D'][32] == macs['D-nomid'][32]
