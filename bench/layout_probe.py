@@ -39,6 +39,10 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     'D': dict(diffusers={}),
     'D-nomid': dict(diffusers=dict(mid_block_type=None)),                   # no middle block: the bottleneck is the last level alone
     'D-adagn': dict(diffusers=dict(resnet_time_scale_shift='scale_shift')),  # time as adaptive GroupNorm, as in our default
+    # our UNet in the dense layout with a middle block (the DDPM paper's, and diffusers'): with all of diffusers' other
+    # choices (the same weights as D), and with our blocks (adaptive GroupNorm, rescaled sums, average-pool down)
+    'Dense': dict(channels=(16, 32, 64), n_res=1, skip='dense', mid=2, cond='add', skip_scale=False, down='conv'),
+    'Dense-ours': dict(channels=(16, 32, 64), n_res=1, skip='dense', mid=2),
 }
 
 RESULTS = Path(__file__).parent / 'results'

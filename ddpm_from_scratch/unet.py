@@ -106,7 +106,7 @@ def upsample(ni:int, # Input channels
     return nn.Sequential(nn.Upsample(scale_factor=2., mode='nearest'), nn.Conv2d(ni, nf, 3, padding=1))
 
 # %% ../nbs/09_unet.ipynb #c1847dc7
-def _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_classes, t_scale, down, skip):
+def _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_classes, t_scale, down, skip, mid=0):
     "Raise a `ValueError` saying what to change for a U-Net configuration that cannot be built."
     if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
         raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels!r}")
@@ -123,7 +123,8 @@ def _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_
                                f"does not have: the valid resolutions are {valid}.")
     if cond not in ('add', 'adagn'): raise ValueError(f"cond must be 'add' or 'adagn', got {cond!r}")
     if down not in ('avg', 'conv'): raise ValueError(f"down must be 'avg' or 'conv', got {down!r}")
-    if skip not in ('add', 'cat'): raise ValueError(f"skip must be 'add' or 'cat', got {skip!r}")
+    if skip not in ('add', 'cat', 'dense'): raise ValueError(f"skip must be 'add', 'cat' or 'dense', got {skip!r}")
+    if not isinstance(mid, int) or mid < 0: raise ValueError(f"mid must be an int >= 0, got {mid!r}")
     if not 0 <= dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 1):
         raise ValueError(f"n_classes must be None or a positive int, got {n_classes!r}")
@@ -132,15 +133,23 @@ def _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_
 # %% ../nbs/09_unet.ipynb #b90499e3
 class Level(nn.Module):
     "`n` resnet blocks at one resolution, each followed by self-attention if `attn`."
-    def __init__(self, ni, nf, n, attn, groups, skip_scale, **kwargs):
+    def __init__(self, ni, nf, n, attn, groups, skip_scale,
+                 skip_chs=None, # Dense layout, way up: channels of the skip each block concatenates to its input
+                 **kwargs):
         super().__init__()
+        self.attn, self.takes = attn, skip_chs is not None
         self.blocks = nn.ModuleList()
         for i in range(n):
-            self.blocks.append(ResBlock(ni if i == 0 else nf, nf, groups=groups, skip_scale=skip_scale, **kwargs))
+            ni_ = (ni if i == 0 else nf) + (skip_chs[i] if self.takes else 0)
+            self.blocks.append(ResBlock(ni_, nf, groups=groups, skip_scale=skip_scale, **kwargs))
             if attn: self.blocks.append(SelfAttention(nf, groups, skip_scale=skip_scale))
 
-    def forward(self, x, emb=None):
-        for b in self.blocks: x = b(x, emb)
+    def forward(self, x, emb=None, skips=None):
+        "With `skips` (the dense layout): a level built with `skip_chs` takes one skip from the end of the list into each resnet block, any other level appends its features after each block."
+        for b in self.blocks:
+            if self.takes and isinstance(b, ResBlock): x = torch.cat([x, skips.pop()], dim=1)
+            x = b(x, emb)
+            if skips is not None and not self.takes and (not self.attn or isinstance(b, SelfAttention)): skips.append(x)
         return x
 
 # %% ../nbs/09_unet.ipynb #ffd6bcab
@@ -190,15 +199,16 @@ class UNet(nn.Module):
                  time_cond:bool=True, # False: no time embedding, `t` is ignored
                  t_scale:float=1000., # Float t (continuous, in [0, 1]) is multiplied by this; None: use t as given
                  down:str='avg', # Downsampling: 'avg' (average pool) or 'conv' (stride-2 convolution)
-                 skip:str='add' # U-Net skips: 'add' (sum) or 'cat' (concatenate)
+                 skip:str='add', # U-Net skips: 'add' (sum), 'cat' (concatenate), or 'dense' (every block's, concatenated)
+                 mid:int=0 # Resnet blocks in the middle, after the last level
                 ):
         super().__init__()
         channels, attn_res = tuple(channels), tuple(attn_res)
-        _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_classes, t_scale, down, skip)
+        _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_classes, t_scale, down, skip, mid)
         self.config = dict(in_channels=in_channels, out_channels=out_channels, channels=channels, n_res=n_res,
                            img_size=img_size, attn_res=attn_res, groups=groups, cond=cond, dropout=dropout,
                            skip_scale=skip_scale, n_classes=n_classes, time_cond=time_cond, t_scale=t_scale,
-                           down=down, skip=skip)
+                           down=down, skip=skip, mid=mid)
         self.in_channels, self.n_classes, self.time_cond, self.t_scale, self.skip = in_channels, n_classes, time_cond, t_scale, skip
         self.merge_scale = 2 ** -0.5 if skip_scale else 1.
         c0, nl = channels[0], len(channels)
@@ -211,9 +221,17 @@ class UNet(nn.Module):
         self.down_levels = nn.ModuleList([Level(channels[max(i - 1, 0)], c, n_res, res[i] in attn_res, **kw)
                                           for i, c in enumerate(channels)])
         self.downs = nn.ModuleList([downsample(c, down) for c in channels[:-1]])
-        self.ups = nn.ModuleList([upsample(channels[i + 1], channels[i]) for i in reversed(range(nl - 1))])
-        self.up_levels = nn.ModuleList([Level(channels[i] * (2 if skip == 'cat' else 1), channels[i], n_res,
-                                              res[i] in attn_res, **kw) for i in reversed(range(nl - 1))])
+        self.mid = Level(channels[-1], channels[-1], mid, res[-1] in attn_res, **kw) if mid else None
+        if skip == 'dense':  # a skip from conv_in, every block and every downsampling; n_res + 1 blocks up, at every level
+            chs = [c0] + [c for i, c in enumerate(channels) for _ in range(n_res + (i < nl - 1))]  # in the order kept
+            self.up_levels = nn.ModuleList([Level(channels[min(i + 1, nl - 1)], channels[i], n_res + 1, res[i] in attn_res,
+                                                  skip_chs=[chs.pop() for _ in range(n_res + 1)], **kw)
+                                            for i in reversed(range(nl))])
+            self.ups = nn.ModuleList([upsample(channels[i], channels[i]) for i in reversed(range(1, nl))])
+        else:
+            self.ups = nn.ModuleList([upsample(channels[i + 1], channels[i]) for i in reversed(range(nl - 1))])
+            self.up_levels = nn.ModuleList([Level(channels[i] * (2 if skip == 'cat' else 1), channels[i], n_res,
+                                                  res[i] in attn_res, **kw) for i in reversed(range(nl - 1))])
         self.norm_out = nn.GroupNorm(groups, c0)
         self.conv_out = zero_(nn.Conv2d(c0, out_channels, 3, padding=1))
 
@@ -236,12 +254,27 @@ class UNet(nn.Module):
         "The predicted noise, shaped like `x`."
         _check_x(x, self.in_channels, 2 ** len(self.downs))
         emb = self.embed(x, t, c)
-        h, skips = self.conv_in(x), []
+        h = self.conv_in(x)
+        if self.skip == 'dense': return self._forward_dense(h, emb)
+        skips = []
         for i, level in enumerate(self.down_levels):
             h = level(h, emb)
             if i < len(self.downs): skips.append(h); h = self.downs[i](h)
+        if self.mid is not None: h = self.mid(h, emb)
         for up, level in zip(self.ups, self.up_levels):
             h, s = up(h), skips.pop()
             h = torch.cat([h, s], dim=1) if self.skip == 'cat' else (h + s) * self.merge_scale
             h = level(h, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _forward_dense(self, h, emb):
+        "The DDPM (and diffusers `UNet2DModel`) layout: every block's output is kept, and concatenated into one block on the way up."
+        skips = [h]
+        for i, level in enumerate(self.down_levels):
+            h = level(h, emb, skips)
+            if i < len(self.downs): h = self.downs[i](h); skips.append(h)
+        if self.mid is not None: h = self.mid(h, emb)
+        for i, level in enumerate(self.up_levels):
+            h = level(h, emb, skips)
+            if i < len(self.ups): h = self.ups[i](h)
         return self.conv_out(F.silu(self.norm_out(h)))

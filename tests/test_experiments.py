@@ -421,7 +421,7 @@ def test_layout_probe_builds_every_layout():
         n[name] = sum(p.numel() for p in m.parameters())
     base = sum(p.numel() for p in script.fashion_unet(**script.DIFFUSERS).parameters())
     assert n['D'] == base and n['D-nomid'] < base < n['D-adagn']  # no middle block: fewer weights; scale and shift: twice the time projection
-    assert n['M2-add'] < n['M2'] < n['M2-conv'] < n['M2-cat']
+    assert n['M2-add'] < n['M2'] < n['M2-conv'] < n['M2-cat'] and n['Dense'] == base  # Dense: our UNet, D's layout
     macs = {name: script.conv_macs(script.build(name)) for name in ('S3', 'D', 'D-nomid')}
     assert all(set(m) == {32, 16, 8} for m in macs.values())
     # the middle block is two resnet blocks of two 3x3 convolutions, 64 channels, at 8x8

@@ -39,6 +39,7 @@ def test_timestep_embedding_closed_form():
 # ---- shapes and init ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('kw', [dict(), dict(skip='cat'), dict(down='conv', cond='add'), dict(n_res=1, attn_res=(8, 4)),
+                                dict(skip='dense', mid=2), dict(skip='dense', n_res=1, attn_res=(8, 4)), dict(skip='cat', mid=1),
                                 dict(in_channels=3, out_channels=2, channels=(16, 32), img_size=16, attn_res=(16,))])
 def test_output_shape_and_zero_init(kw):
     m = UNet(**kw)
@@ -109,7 +110,8 @@ def test_output_other_resolution_and_bad_input():
     (dict(attn_res=(2,), channels=(32, 64)), r'valid resolutions are \(32, 16\)'),
     (dict(cond='film'), r"cond must be 'add' or 'adagn'"),
     (dict(down='max'), r"down must be 'avg' or 'conv'"),
-    (dict(skip='mul'), r"skip must be 'add' or 'cat'"),
+    (dict(skip='mul'), r"skip must be 'add', 'cat' or 'dense'"),
+    (dict(mid=-1), r'mid must be an int >= 0'),
     (dict(n_res=0), r'n_res must be an int >= 1'),
     (dict(dropout=1.5), r'dropout must be in \[0, 1\)'),
     (dict(n_classes=0), r'n_classes must be None or a positive int'),
@@ -173,7 +175,8 @@ def test_class_conditioning_only_with_n_classes():
 
 # ---- training ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('kw', [dict(attn_res=(16, 8)), dict(skip='cat', down='conv', cond='add', n_classes=4)])
+@pytest.mark.parametrize('kw', [dict(attn_res=(16, 8)), dict(skip='cat', down='conv', cond='add', n_classes=4),
+                                dict(skip='dense', mid=2, attn_res=(8,))])
 def test_gradient_reaches_every_parameter(kw):
     torch.manual_seed(0)
     m = UNet(channels=(16, 32, 32), n_res=1, **kw)
@@ -243,3 +246,13 @@ def test_drops_into_the_ddpm_code():
     imgs = ddpm_sample(m, (2, 1, 16, 16), linear_schedule(n_steps=5), progress=False,
                        generator=torch.Generator().manual_seed(0))
     assert imgs.shape == (2, 1, 16, 16) and torch.isfinite(imgs).all() and m.training  # mode restored
+
+
+@pytest.mark.parametrize('channels,n_res', [((16, 32, 64), 1), ((32, 64), 2)])
+def test_dense_layout_has_the_weights_of_unet2dmodel(channels, n_res):
+    "Built with diffusers' choices, the dense layout has UNet2DModel's weights, tensor for tensor (by shape)."
+    from ddpm_from_scratch.ddpm import fashion_unet
+    ours = UNet(channels=channels, n_res=n_res, attn_res=(), cond='add', skip_scale=False, down='conv', skip='dense', mid=2)
+    theirs = fashion_unet(channels, attention=False, layers_per_block=n_res)
+    shapes = lambda m: sorted(tuple(p.shape) for p in m.parameters())
+    assert shapes(ours) == shapes(theirs)
