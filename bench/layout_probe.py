@@ -3,16 +3,24 @@
 `bench_sampling_settings.py`.
 
     python bench/layout_probe.py --measure            # seconds per step of each layout, 2 threads, machine idle
+    python bench/layout_probe.py --measure --only D,Dense,Dense-ours   # time these (again), side by side
     OMP_NUM_THREADS=1 python bench/layout_probe.py --work NAME   # train one layout (run one per core), then score it
     python bench/layout_probe.py --report --json bench/results/layout_probe.json   # every result, and the speeds
 
 Every run uses the command line's recipe (`TrainConfig()`: batch 64, cosine schedule, lr 3e-3, EMA 0.999, bf16 where
-native) for `9 * 60 / (measured s/step)` steps, and is scored with DDIM-50, eta 1, not clamped, on 2,048 images
-(and each block of 512). Results go to ROOT/NAME/result.json. The layouts are options `UNet` (or `fashion_unet`)
-already has that `TrainConfig` does not expose, so the probe builds the network itself. budget_sweep.py's
-`diffusers-9-bs64-cosine` (FID 3.09, 3,899 steps) is the network the D- layouts start from; they train
-`3899 * speed(D) / speed(NAME)` steps (`--steps`), D's speed measured beside theirs, since the machine's speed
-drifts between sessions (D timed 0.138 s per step in the sweep, 0.104 s beside D-nomid and D-adagn).
+native) and is scored with DDIM-50, eta 1, not clamped, on 2,048 images (and each block of 512). Results go to
+ROOT/NAME/result.json. The layouts are options `UNet` (or `fashion_unet`) already has that `TrainConfig` does not
+expose, so the probe builds the network itself. M2 and D are budget_sweep.py's `M2-9-bs64-cosine` (2,172 steps) and
+`diffusers-9-bs64-cosine` (3,899 steps, FID 3.09), trained by the sweep.
+
+Step counts. The first runs (M2-cat, S3, M2-add, M2-conv) trained `9 * 60 / (s/step)` steps, timed on the idle
+machine, where M2 itself timed 0.272 s (1,985 steps, 9% fewer than the sweep's M2 run). One layout's timing drifts
+by up to 30% between sessions and even between minutes, so the later runs take a reference run's step count scaled
+by speeds timed side by side (`--measure --only ...`: one timing for D-nomid and D-adagn, the medians of three
+alternated timings for the rest): D-nomid and
+D-adagn train `3899 * speed(D) / speed(NAME)` steps (`--steps`), M2-mid `2172 * speed(M2) / speed(M2-mid)`. Dense
+and Dense-ours train D's 3,899 steps outright, to compare with D at equal steps (they time faster than D: 0.173
+and 0.175 s per step against 0.223 s).
 """
 import argparse, json, time
 from dataclasses import replace
@@ -35,6 +43,7 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     'S3': dict(channels=(16, 32, 64), n_res=3),
     'M2-add': dict(channels=(32, 64, 128), n_res=2, cond='add', skip_scale=False),  # diffusers' resnet: time added, sums not scaled
     'M2-conv': dict(channels=(32, 64, 128), n_res=2, down='conv'),                   # diffusers' downsampling: stride-2 convolution
+    'M2-mid': dict(channels=(32, 64, 128), n_res=2, mid=2),                         # diffusers' middle: two more blocks at 8x8
     # diffusers' network as budget_sweep.DIFFUSERS builds it (D: its speed, beside the others'), with one part made like ours
     'D': dict(diffusers={}),
     'D-nomid': dict(diffusers=dict(mid_block_type=None)),                   # no middle block: the bottleneck is the last level alone
@@ -67,6 +76,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'layouts'))
     p.add_argument('--measure', action='store_true'); p.add_argument('--work', default=None)
+    p.add_argument('--only', default=None, help="with --measure: time these layouts (comma-separated), even if timed before")
     p.add_argument('--minutes', type=float, default=9.)
     p.add_argument('--steps', type=int, default=None, help="train this many steps instead (e.g. scaled from a reference run's by the speeds)")
     p.add_argument('--report', action='store_true'); p.add_argument('--json', default=None)
@@ -76,8 +86,8 @@ def main():
     speeds = json.loads(speeds_f.read_text()) if speeds_f.exists() else {}
     if a.measure:
         torch.set_num_threads(2)
-        for name in LAYOUTS:
-            if name in speeds: continue
+        for name in (a.only.split(',') if a.only else LAYOUTS):  # --only: time these again (with D, to scale D's steps)
+            if name in speeds and not a.only: continue
             speeds[name] = measure_step_seconds(TrainConfig(), build(name), device='cpu', n=10)
             print(f"{name}: {speeds[name]:.3f} s/step, {sum(q.numel() for q in build(name).parameters()):,} params", flush=True)
             speeds_f.write_text(json.dumps(speeds, indent=1))
