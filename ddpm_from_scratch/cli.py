@@ -44,6 +44,8 @@ def _check_config(cfg):
     "Raise a `UserError` naming the first field of `cfg` that cannot work."
     checks = [(len(cfg.channels) >= 1 and min(cfg.channels) > 0, f"channels must be positive ints, got {cfg.channels}"),
               (cfg.n_res >= 1, f"n_res must be at least 1, got {cfg.n_res}"),
+              (cfg.skip in ('add', 'cat', 'dense'), f"skip must be add, cat or dense, got {cfg.skip!r}"),
+              (cfg.mid >= 0, f"mid must be 0 or more, got {cfg.mid}"),
               (cfg.n_classes is None or cfg.n_classes >= 1, f"n_classes must be None or a positive int, got {cfg.n_classes}"),
               (0 <= cfg.p_uncond <= 1, f"p_uncond must be in [0, 1], got {cfg.p_uncond}"),
               (cfg.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}"),
@@ -69,6 +71,8 @@ class TrainConfig:
     channels:tuple = (32, 64, 128) # U-Net widths, one per resolution level (GroupNorm: `ddpm.default_groups`)
     n_res:int = 2                  # Resnet blocks per level
     attn_res:tuple = ()            # Resolutions with self-attention, e.g. (8,)
+    skip:str = 'add'               # U-Net skips: 'add', 'cat', or 'dense' (one from every block: the DDPM layout)
+    mid:int = 0                    # Resnet blocks in the middle, at the lowest resolution
     n_classes:int = None           # None: unconditional; 10: conditioned on the Fashion-MNIST label (for guidance)
     p_uncond:float = 0.1           # With n_classes: fraction of training labels dropped to "no class"
     # the noise process (notebook 05)
@@ -107,14 +111,16 @@ class TrainConfig:
 
     def model_config(self)->dict:
         "What decides the network's shape: checkpoints must agree on it to be loaded."
-        return dict(channels=self.channels, n_res=self.n_res, attn_res=self.attn_res, n_classes=self.n_classes)
+        return dict(channels=self.channels, n_res=self.n_res, attn_res=self.attn_res, skip=self.skip, mid=self.mid,
+                    n_classes=self.n_classes)
 
 def build_model(cfg:TrainConfig)->UNet:
     "The from-scratch U-Net for `cfg`, with the one GroupNorm rule (`ddpm.default_groups`); mistakes become `UserError`s."
     try:
         groups = default_groups(cfg.channels)
         check_groups(cfg.channels, groups)
-        return UNet(channels=cfg.channels, n_res=cfg.n_res, attn_res=cfg.attn_res, groups=groups, n_classes=cfg.n_classes)
+        return UNet(channels=cfg.channels, n_res=cfg.n_res, attn_res=cfg.attn_res, skip=cfg.skip, mid=cfg.mid, groups=groups,
+                    n_classes=cfg.n_classes)
     except ValueError as e: raise UserError(f"channels {cfg.channels}: {e}") from None
 
 def build_schedule(cfg:TrainConfig)->Schedule:
@@ -630,6 +636,8 @@ def ddpm_train(
     channels:str=_csv(_D.channels), # U-Net widths per resolution level, comma-separated (multiples of 8)
     n_res:int=_D.n_res, # Resnet blocks per level
     attn_res:str=_csv(_D.attn_res), # Resolutions with self-attention, comma-separated (e.g. 8)
+    skip:Param("U-Net skips: add, cat, or dense (one from every block, the DDPM layout)", str)=_D.skip,
+    mid:int=_D.mid, # Resnet blocks in the middle, at the lowest resolution
     n_classes:int=0, # 10: condition on the class label (for guidance); 0: unconditional
     p_uncond:float=_D.p_uncond, # With --n_classes: fraction of labels dropped while training
     schedule:Param("Noise schedule: linear or cosine", str)=_D.schedule,
@@ -646,7 +654,7 @@ def ddpm_train(
 ):
     "Train a DDPM (from-scratch U-Net) on the shipped Fashion-MNIST; write a checkpoint and a grid of samples."
     def go():
-        cfg = TrainConfig(channels=_ints(channels, 'channels'), n_res=n_res, attn_res=_ints(attn_res, 'attn_res'),
+        cfg = TrainConfig(channels=_ints(channels, 'channels'), n_res=n_res, attn_res=_ints(attn_res, 'attn_res'), skip=skip, mid=mid,
                           n_classes=n_classes or None, p_uncond=p_uncond, schedule=schedule, n_steps=n_steps,
                           epochs=epochs, bs=bs, lr=lr, warmup=warmup, n_train=n_train, ema=ema,
                           precision=precision, seed=seed)

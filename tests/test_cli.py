@@ -105,6 +105,8 @@ def test_bad_training_flags(trained):
     assert_user_error(run('ddpm_train', '--out', 'x', '--epochs', '0', *TINY, cwd=trained), 'epochs')
     assert_user_error(run('ddpm_train', '--out', 'x', '--schedule', 'quadratic', *TINY, cwd=trained), 'schedule')
     assert_user_error(run('ddpm_train', '--out', 'x', '--channels', '8,1x', cwd=trained), 'channels')
+    assert_user_error(run('ddpm_train', '--out', 'x', '--skip', 'sum', *TINY, cwd=trained), 'skip must be add, cat or dense')
+    assert_user_error(run('ddpm_train', '--out', 'x', '--mid', '-1', *TINY, cwd=trained), 'mid')
 
 
 def test_nonfinite_loss_stops_with_message_and_no_empty_folder(tmp_path):
@@ -282,6 +284,17 @@ def test_minutes_replans_from_the_runs_own_speed(tmp_path, monkeypatch, capsys):
     assert ck['config']['total_steps'] == ck['step'] == steps < estimate / 2, (estimate, steps)
     assert TrainConfig.from_dict(ck['config']).epochs == -(-steps // 8)  # the checkpoint records the re-planned run
     assert secs < 12, secs   # 6 s asked for; the estimate alone would have taken about 18
+
+
+def test_dense_layout_trains_and_rebuilds_from_its_checkpoint(tmp_path):
+    "--skip dense --mid 2 (the DDPM layout) reaches the network, and the checkpoint rebuilds that network to sample."
+    p = run('ddpm_train', '--out', 'dense', '--epochs', '1', '--skip', 'dense', '--mid', '2', *TINY, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    model, cfg = model_from_checkpoint(load_checkpoint(tmp_path / 'dense'))
+    assert (cfg.skip, cfg.mid) == ('dense', 2) and (model.config['skip'], model.config['mid']) == ('dense', 2)
+    assert len(model.up_levels) == 2 and len(model.mid.blocks) == 2   # an up level at both resolutions, and a middle
+    p = run('ddpm_sample', '--ckpt', 'dense', '--out', 'g.png', '--n', '2', '--steps', '2', '--quiet', cwd=tmp_path)
+    assert p.returncode == 0 and (tmp_path / 'g.png').exists(), p.stderr
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
