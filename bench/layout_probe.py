@@ -52,6 +52,9 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
     # choices (the same weights as D), and with our blocks (adaptive GroupNorm, rescaled sums, average-pool down)
     'Dense': dict(channels=(16, 32, 64), n_res=1, skip='dense', mid=2, cond='add', skip_scale=False, down='conv'),
     'Dense-ours': dict(channels=(16, 32, 64), n_res=1, skip='dense', mid=2),
+    # why Dense trails D: our zero-initialised last convolutions (Dense-init starts like D), or chance (D again, seed 1)
+    'Dense-init': dict(channels=(16, 32, 64), n_res=1, skip='dense', mid=2, cond='add', skip_scale=False, down='conv', init='torch'),
+    'D-seed1': dict(diffusers={}, seed=1),
 }
 
 RESULTS = Path(__file__).parent / 'results'
@@ -68,9 +71,13 @@ def conv_macs(model)->dict:
     return macs
 
 def build(name):
-    kw = LAYOUTS[name]
+    kw = {k: v for k, v in LAYOUTS[name].items() if k not in ('seed', 'init')}  # those two are about the run
     if 'diffusers' in kw: return fashion_unet(**DIFFUSERS, **kw['diffusers'])
-    return UNet(attn_res=(), groups=default_groups(kw['channels']), **kw)
+    model = UNet(attn_res=(), groups=default_groups(kw['channels']), **kw)
+    if LAYOUTS[name].get('init') == 'torch':  # PyTorch's default init for every convolution, as diffusers leaves them
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d): m.reset_parameters()
+    return model
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -94,9 +101,10 @@ def main():
     if a.work:
         name, d = a.work, root / a.work
         steps = a.steps or int(a.minutes * 60 / speeds[name])
-        cfg = replace(TrainConfig(), total_steps=steps)
+        cfg = replace(TrainConfig(), total_steps=steps, seed=LAYOUTS[name].get('seed', 0))
         print(f"{name}: {steps} steps", flush=True)
         t0, c0 = time.time(), time.process_time()
+        torch.manual_seed(cfg.seed)  # the initial weights (runs before Dense-init and D-seed1 drew them unseeded)
         ck_path = train_ddpm(cfg, d, resume=True, device='cpu', progress=False, n_samples=0, model=build(name), ckpt_minutes=3)
         train = dict(wall=time.time() - t0, cpu=time.process_time() - c0)
         model = build(name); model.load_state_dict(load_checkpoint(ck_path)['ema']); model.eval()
