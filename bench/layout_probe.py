@@ -111,7 +111,7 @@ def main():
         ev = ImageEval.fashion_mnist('test')
         imgs = generate(model, build_schedule(cfg), 2048, 'ddim', seed=0, progress=False, steps=50, eta=1., clip=False)
         res = dict(name=name, layout={k: list(v) if isinstance(v, tuple) else v for k, v in LAYOUTS[name].items()},
-                   params=sum(q.numel() for q in model.parameters()), steps=steps, step_s=speeds[name], train=train,
+                   params=sum(q.numel() for q in model.parameters()), steps=steps, step_s=speeds.get(name), train=train,
                    fid=ev.scores(imgs)['fid'], chunk_fids=[ev.scores(imgs[i:i + 512])['fid'] for i in range(0, 2048, 512)],
                    floor=ev.scores(fashion_tensors('train')[0][:2048])['fid'])
         (d / 'result.json').write_text(json.dumps(res, indent=1))
