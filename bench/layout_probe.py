@@ -20,7 +20,8 @@ by speeds timed side by side (`--measure --only ...`: one timing for D-nomid and
 alternated timings for the rest): D-nomid and
 D-adagn train `3899 * speed(D) / speed(NAME)` steps (`--steps`), M2-mid `2172 * speed(M2) / speed(M2-mid)`. Dense
 and Dense-ours train D's 3,899 steps outright, to compare with D at equal steps (they time faster than D: 0.173
-and 0.175 s per step against 0.223 s).
+and 0.175 s per step against 0.223 s); so do Dense-init and D-seed1, whose `train` times in result.json are those of
+a rerun that only scored them (the first run crashed after training, on a speed they never had timed).
 """
 import argparse, json, time
 from dataclasses import replace
