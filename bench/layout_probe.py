@@ -17,8 +17,8 @@ Step counts. The first runs (M2-cat, S3, M2-add, M2-conv) trained `9 * 60 / (s/s
 machine, where M2 itself timed 0.272 s (1,985 steps, 9% fewer than the sweep's M2 run). One layout's timing drifts
 by up to 30% between sessions and even between minutes, so the later runs take a reference run's step count scaled
 by speeds timed side by side (`--measure --only ...`: one timing for D-nomid and D-adagn, the medians of three
-alternated timings for the rest): D-nomid and
-D-adagn train `3899 * speed(D) / speed(NAME)` steps (`--steps`), M2-mid `2172 * speed(M2) / speed(M2-mid)`. Dense
+alternated timings for the rest): D-nomid and D-adagn train `3899 * speed(D) / speed(NAME)` steps (`--steps`),
+M2-mid `2172 * speed(M2) / speed(M2-mid)`. Dense
 and Dense-ours train D's 3,899 steps outright, to compare with D at equal steps (they time faster than D: 0.173
 and 0.175 s per step against 0.223 s); so do Dense-init and D-seed1, whose `train` times in result.json are those of
 a rerun that only scored them (the first run crashed after training, on a speed they never had timed).

@@ -106,7 +106,7 @@ def upsample(ni:int, # Input channels
     return nn.Sequential(nn.Upsample(scale_factor=2., mode='nearest'), nn.Conv2d(ni, nf, 3, padding=1))
 
 # %% ../nbs/09_unet.ipynb #c1847dc7
-def _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_classes, t_scale, down, skip, mid=0):
+def _check_config(channels, n_res, img_size, attn_res, groups, cond, dropout, n_classes, t_scale, down, skip, mid):
     "Raise a `ValueError` saying what to change for a U-Net configuration that cannot be built."
     if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
         raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels!r}")
@@ -255,7 +255,11 @@ class UNet(nn.Module):
         _check_x(x, self.in_channels, 2 ** len(self.downs))
         emb = self.embed(x, t, c)
         h = self.conv_in(x)
-        if self.skip == 'dense': return self._forward_dense(h, emb)
+        h = self._dense_features(h, emb) if self.skip == 'dense' else self._features(h, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _features(self, h, emb):
+        "One skip per level, summed (rescaled) or concatenated into the first block of the matching level on the way up."
         skips = []
         for i, level in enumerate(self.down_levels):
             h = level(h, emb)
@@ -265,9 +269,9 @@ class UNet(nn.Module):
             h, s = up(h), skips.pop()
             h = torch.cat([h, s], dim=1) if self.skip == 'cat' else (h + s) * self.merge_scale
             h = level(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return h
 
-    def _forward_dense(self, h, emb):
+    def _dense_features(self, h, emb):
         "The DDPM (and diffusers `UNet2DModel`) layout: every block's output is kept, and concatenated into one block on the way up."
         skips = [h]
         for i, level in enumerate(self.down_levels):
@@ -277,4 +281,4 @@ class UNet(nn.Module):
         for i, level in enumerate(self.up_levels):
             h = level(h, emb, skips)
             if i < len(self.ups): h = self.ups[i](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return h
