@@ -24,7 +24,7 @@ and 0.175 s per step against 0.223 s); so do Dense-init and D-seed1, whose `trai
 a rerun that only scored them (the first run crashed after training, on a speed they never had timed).
 """
 import argparse, json, time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ LAYOUTS = {  # M2 is the command line's default network; the others change one t
 }
 
 RESULTS = Path(__file__).parent / 'results'
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 REFERENCES = {'M2': 'M2-9-bs64-cosine', 'D': 'diffusers-9-bs64-cosine'}  # budget_sweep's runs of the probe's starting points
 
 def conv_macs(model)->dict:
@@ -87,6 +88,7 @@ def main():
     p.add_argument('--only', default=None, help="with --measure: time these layouts (comma-separated), even if timed before")
     p.add_argument('--minutes', type=float, default=9.)
     p.add_argument('--steps', type=int, default=None, help="train this many steps instead (e.g. scaled from a reference run's by the speeds)")
+    p.add_argument('--seed', type=int, default=None, help="with --work: train with this seed, into the folder NAME-seedS")
     p.add_argument('--report', action='store_true'); p.add_argument('--json', default=None)
     a = p.parse_args()
     root = Path(a.root); root.mkdir(parents=True, exist_ok=True)
@@ -100,9 +102,13 @@ def main():
             print(f"{name}: {speeds[name]:.3f} s/step, {sum(q.numel() for q in build(name).parameters()):,} params", flush=True)
             speeds_f.write_text(json.dumps(speeds, indent=1))
     if a.work:
-        name, d = a.work, root / a.work
+        name = a.work
+        d = root / (name if a.seed is None else f'{name}-seed{a.seed}')
         steps = a.steps or int(a.minutes * 60 / speeds[name])
-        cfg = replace(TrainConfig(), total_steps=steps, seed=LAYOUTS[name].get('seed', 0))
+        seed = LAYOUTS[name].get('seed', 0) if a.seed is None else a.seed
+        kw = LAYOUTS[name]  # a layout TrainConfig can name goes into the config, so the checkpoint rebuilds (`load_model`)
+        named = {k: v for k, v in kw.items() if k in TRAIN_FIELDS} if set(kw) <= TRAIN_FIELDS else {}
+        cfg = replace(TrainConfig(), **named, total_steps=steps, seed=seed)
         print(f"{name}: {steps} steps", flush=True)
         t0, c0 = time.time(), time.process_time()
         torch.manual_seed(cfg.seed)  # the initial weights (runs before Dense-init and D-seed1 drew them unseeded)
@@ -111,7 +117,7 @@ def main():
         model = build(name); model.load_state_dict(load_checkpoint(ck_path)['ema']); model.eval()
         ev = ImageEval.fashion_mnist('test')
         imgs = generate(model, build_schedule(cfg), 2048, 'ddim', seed=0, progress=False, steps=50, eta=1., clip=False)
-        res = dict(name=name, layout={k: list(v) if isinstance(v, tuple) else v for k, v in LAYOUTS[name].items()},
+        res = dict(name=d.name, seed=seed, layout={k: list(v) if isinstance(v, tuple) else v for k, v in LAYOUTS[name].items()},
                    params=sum(q.numel() for q in model.parameters()), steps=steps, step_s=speeds.get(name), train=train,
                    fid=ev.scores(imgs)['fid'], chunk_fids=[ev.scores(imgs[i:i + 512])['fid'] for i in range(0, 2048, 512)],
                    floor=ev.scores(fashion_tensors('train')[0][:2048])['fid'])

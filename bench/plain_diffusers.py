@@ -3,6 +3,7 @@ job took, then sampled the diffusers way and with our default sampler, and score
 
     OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-4 --lr 1e-4      # one run per core
     OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-3 --lr 1e-3
+    OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr3e-3-seed1 --lr 3e-3 --seed 1 --steps 2721   # lr3e-3's steps
     python bench/plain_diffusers.py --score 'main job=runs/ddpm'                   # our main job, scored the same way
     python bench/plain_diffusers.py --score 'main job=runs/ddpm' --n 2048          # DDIM-50 again on 2,048 images
     python bench/plain_diffusers.py --score lr3e-3=~/ddpm-runs/plain/lr3e-3 --n 2048
@@ -42,13 +43,13 @@ from ddpm_from_scratch.fid import ImageEval
 from budget_sweep import DIFFUSERS  # bench/ is on the path when this runs as a script
 WARMUP, BS, TIMED, REPLAN = 500, 64, 20, 300
 
-def train(d:Path, lr:float, cpu_minutes:float, seed:int=0):
-    "Train into folder `d` until `cpu_minutes` of process CPU time are spent (resuming from d/state.pt); return the state."
+def train(d:Path, lr:float, cpu_minutes:float, seed:int=0, steps:int=None):
+    "Train into folder `d` until `cpu_minutes` of process CPU time are spent, or for `steps` steps (resuming from d/state.pt); return the state."
     set_seed(seed)
     x, _ = fashion_tensors('train')
     model, sched = fashion_unet(**DIFFUSERS), DDPMScheduler()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    st = dict(step=0, cpu=0., total=None, losses=[])
+    st = dict(step=0, cpu=0., total=steps, losses=[])  # a given step count is never re-planned
     f = d / 'state.pt'
     if f.exists():
         st = torch.load(f, weights_only=False)
@@ -59,7 +60,7 @@ def train(d:Path, lr:float, cpu_minutes:float, seed:int=0):
     c0, saved = time.process_time() - st['cpu'], time.time()
     def save():
         atomic_write(f, lambda p: torch.save(dict(st, model=model.state_dict(), opt=opt.state_dict()), p))
-    while (time.process_time() - c0) < cpu_minutes * 60 and (st['total'] is None or st['step'] < st['total']):
+    while (steps or (time.process_time() - c0) < cpu_minutes * 60) and (st['total'] is None or st['step'] < st['total']):
         if st['step'] == 5: st['t5'] = time.process_time() - c0  # the first steps are slow: time the next TIMED
         if st['total'] is None and st['step'] == 5 + TIMED:  # plan the cosine decay from the speed of those steps
             per_step = (time.process_time() - c0 - st['t5']) / TIMED
@@ -110,7 +111,9 @@ def main():
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'plain'))
     p.add_argument('--work', default=None, help='train and score the run of this name')
     p.add_argument('--lr', type=float, default=1e-4)
+    p.add_argument('--seed', type=int, default=0, help='seed of the initial weights, the batches and the noise')
     p.add_argument('--cpu_minutes', type=float, default=16.4)
+    p.add_argument('--steps', type=int, default=None, help='train this many steps instead of a CPU budget (e.g. what a run alone on the machine got)')
     p.add_argument('--n', type=int, default=512)
     p.add_argument('--score', default=None, metavar='NAME=CKPT', help="score a checkpoint (ddpm_train's or a run's) with DDIM-50 at --n, as run NAME")
     p.add_argument('--report', action='store_true', help='print every finished run')
@@ -131,12 +134,12 @@ def main():
         (root / name).mkdir(parents=True, exist_ok=True); (root / name / f'ddim50_n{a.n}.json').write_text(json.dumps(res, indent=1))
     if a.work:
         d = root / a.work; d.mkdir(parents=True, exist_ok=True)
-        model, st = train(d, a.lr, a.cpu_minutes)
+        model, st = train(d, a.lr, a.cpu_minutes, a.seed, a.steps)
         cfg = TrainConfig(schedule='linear', bs=BS, lr=a.lr, ema=0., total_steps=st['step'])
         save_checkpoint(d / 'checkpoint.pt', config=asdict(cfg), epoch=0, step=st['step'],
                         model=model.state_dict(), ema=None, arch='diffusers', unet_kwargs=DIFFUSERS)
         model.eval(); ev = ImageEval.fashion_mnist('test')
-        res = dict(name=a.work, kind='plain diffusers loop', lr=a.lr, steps=st['step'], planned=st['total'], train_cpu_s=st['cpu'],
+        res = dict(name=a.work, kind='plain diffusers loop', lr=a.lr, seed=a.seed, steps=st['step'], planned=st['total'], train_cpu_s=st['cpu'],
                    final_loss=sum(st['losses'][-100:]) / 100, n=a.n, floor=ev.scores(fashion_tensors('train')[0][:a.n])['fid'])
         res['ours_ddim50'] = ours_row(model, build_schedule(cfg), ev)
         print(f"{a.work}: ours DDIM-50 FID {res['ours_ddim50']['fid']:.2f}", flush=True)
