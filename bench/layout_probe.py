@@ -81,6 +81,12 @@ def build(name):
             if isinstance(m, torch.nn.Conv2d): m.reset_parameters()
     return model
 
+def train_config(name:str, steps:int, seed:int=None)->TrainConfig:
+    "The run's config: the command line's recipe for `steps` steps, with the layout's seed (or `seed`), and the layout itself where `TrainConfig` can name all of it (so the checkpoint rebuilds with `load_model`)."
+    kw = LAYOUTS[name]
+    named = {k: v for k, v in kw.items() if k in TRAIN_FIELDS} if set(kw) <= TRAIN_FIELDS else {}
+    return replace(TrainConfig(), **named, total_steps=steps, seed=kw.get('seed', 0) if seed is None else seed)
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'layouts'))
@@ -105,10 +111,7 @@ def main():
         name = a.work
         d = root / (name if a.seed is None else f'{name}-seed{a.seed}')
         steps = a.steps or int(a.minutes * 60 / speeds[name])
-        seed = LAYOUTS[name].get('seed', 0) if a.seed is None else a.seed
-        kw = LAYOUTS[name]  # a layout TrainConfig can name goes into the config, so the checkpoint rebuilds (`load_model`)
-        named = {k: v for k, v in kw.items() if k in TRAIN_FIELDS} if set(kw) <= TRAIN_FIELDS else {}
-        cfg = replace(TrainConfig(), **named, total_steps=steps, seed=seed)
+        cfg = train_config(name, steps, a.seed)
         print(f"{name}: {steps} steps", flush=True)
         t0, c0 = time.time(), time.process_time()
         torch.manual_seed(cfg.seed)  # the initial weights (runs before Dense-init and D-seed1 drew them unseeded)
@@ -117,7 +120,7 @@ def main():
         model = build(name); model.load_state_dict(load_checkpoint(ck_path)['ema']); model.eval()
         ev = ImageEval.fashion_mnist('test')
         imgs = generate(model, build_schedule(cfg), 2048, 'ddim', seed=0, progress=False, steps=50, eta=1., clip=False)
-        res = dict(name=d.name, seed=seed, layout={k: list(v) if isinstance(v, tuple) else v for k, v in LAYOUTS[name].items()},
+        res = dict(name=d.name, seed=cfg.seed, layout={k: list(v) if isinstance(v, tuple) else v for k, v in LAYOUTS[name].items()},
                    params=sum(q.numel() for q in model.parameters()), steps=steps, step_s=speeds.get(name), train=train,
                    fid=ev.scores(imgs)['fid'], chunk_fids=[ev.scores(imgs[i:i + 512])['fid'] for i in range(0, 2048, 512)],
                    floor=ev.scores(fashion_tensors('train')[0][:2048])['fid'])

@@ -8,7 +8,7 @@ from torch import nn
 from ddpm_from_scratch.experiments import (BenchModel, SamplerRow, bench_samplers, bench_table, compare_t_weighting,
                                            ddpm_quality, format_table, load_bench_model, new_results, parse_rows, real_floor,
                                            t_weighting_table, time_row, train_diffusers, write_train_info)
-from ddpm_from_scratch.cli import TrainConfig, UserError, build_schedule, train_ddpm
+from ddpm_from_scratch.cli import TrainConfig, UserError, build_model, build_schedule, train_ddpm
 from ddpm_from_scratch.data import fashion_tensors
 from ddpm_from_scratch.ddpm import DDPMCB, Schedule
 from ddpm_from_scratch.learner import Callback
@@ -407,6 +407,8 @@ def test_plain_diffusers_baseline_plans_decays_and_resumes(tmp_path, monkeypatch
     assert 'resuming at step' in capsys.readouterr().out
     assert st2['step'] > n0 and len(st2['losses']) == st2['step'] and st2['losses'][:n0] == st['losses']
     assert st2['cpu'] >= 0.03 * 60 or st2['step'] == st2['total']
+    fixed, st3 = script.train(tmp_path / 'fixed', 1e-3, cpu_minutes=0., seed=1, steps=3)  # a step count, not a budget
+    assert st3['step'] == st3['total'] == 3 and 'plan_step' not in st3
 
 
 def test_layout_probe_builds_every_layout():
@@ -426,3 +428,13 @@ def test_layout_probe_builds_every_layout():
     assert all(set(m) == {32, 16, 8} for m in macs.values())
     # the middle block is two resnet blocks of two 3x3 convolutions, 64 channels, at 8x8
     assert macs['D'][8] - macs['D-nomid'][8] == 2 * 2 * 64 * 64 * 9 * 8 * 8 and macs['D'][32] == macs['D-nomid'][32]
+
+def test_layout_probe_configs_rebuild_their_layouts():
+    "A layout `TrainConfig` can name is stored in the run's config, so `build_model` rebuilds it; other layouts keep the default's."
+    script = bench_script('layout_probe')
+    cfg = script.train_config('Dense-ours', 10, seed=2)
+    a, b = build_model(cfg).state_dict(), script.build('Dense-ours').state_dict()
+    assert cfg.seed == 2 and cfg.total_steps == 10 and list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+    assert script.train_config('D-seed1', 10).seed == 1 and script.train_config('M2', 10).seed == 0
+    assert script.train_config('S3', 10).channels == (16, 32, 64) and script.train_config('S3', 10).n_res == 3
+    assert script.train_config('Dense', 10).channels == TrainConfig().channels  # cond='add' has no TrainConfig field: nothing named
