@@ -7,7 +7,7 @@ job took, then sampled the diffusers way and with our default sampler, and score
     python bench/plain_diffusers.py --score 'main job=runs/ddpm'                   # our main job, scored the same way
     python bench/plain_diffusers.py --score 'main job=runs/ddpm' --n 2048          # DDIM-50 again on 2,048 images
     python bench/plain_diffusers.py --score lr3e-3=~/ddpm-runs/plain/lr3e-3 --n 2048
-    python bench/plain_diffusers.py --report --json bench/results/plain_diffusers.json
+    python bench/plain_diffusers.py --report --json bench/results/plain_diffusers.json   # and each SEEDS group's means
 
 The loop is what diffusers' own unconditional training example does, at this project's batch size:
 - the network: `UNet2DModel` 16-32-64, one block per level, no attention (`budget_sweep.DIFFUSERS`, the diffusers
@@ -85,6 +85,23 @@ def train(d:Path, lr:float, cpu_minutes:float, seed:int=0, steps:int=None):
     st['cpu'] = time.process_time() - c0; save()
     return model, st
 
+SEEDS = {  # the same run with seeds 0, 1, 2: the plain loop at its best lr, our main job, and our UNet in the dense layout
+    'plain loop, lr 3e-3 (2,721 steps)': ['lr3e-3', 'lr3e-3-seed1', 'lr3e-3-seed2'],
+    'main job: M2 (1,998 steps)': ['main job', 'M2-seed1', 'M2-seed2'],
+    'dense layout, our blocks (3,608 steps)': ['Dense-ours-seed0', 'Dense-ours-seed1', 'Dense-ours-seed2']}
+
+def seed_summary(runs:dict)->dict:
+    "For each group of SEEDS whose runs are all done: each seed's FID at N=512 sampled the diffusers way (plain loop only) and with DDIM-50, and their means."
+    out = {}
+    for g, names in SEEDS.items():
+        if not all(n in runs for n in names): continue
+        rs = [runs[n] for n in names]
+        ddpm = [r['diffusers_ddpm1000']['fid'] for r in rs if 'diffusers_ddpm1000' in r]
+        ddim = [r['ours_ddim50']['fid'] if 'ours_ddim50' in r else r['ddim50'][512]['fid'] for r in rs]
+        out[g] = dict(runs=names, ddpm1000=ddpm, ddim50=ddim, mean_ddpm1000=sum(ddpm) / len(ddpm) if ddpm else None,
+                      mean_ddim50=sum(ddim) / len(ddim))
+    return out
+
 def _lr_factor(step, total):
     "diffusers' `get_cosine_schedule_with_warmup` (one half-cosine), as a function of the step."
     if step < WARMUP: return step / WARMUP
@@ -156,6 +173,9 @@ def main():
             line = f"{d.name}: " + (f"lr {r['lr']:g}, {r['steps']} steps in {r['train_cpu_s'] / 60:.1f} CPU-min, FID at N={r['n']}: "
                                     f"DDPMScheduler-1000 {r['diffusers_ddpm1000']['fid']:.2f}, DDIM-50 {r['ours_ddim50']['fid']:.2f}; " if 'steps' in r else '')
             print(line + ', '.join(f"DDIM-50 at N={n} {v['fid']:.2f} (floor {v['floor']:.2f})" for n, v in r['ddim50'].items()))
+        runs['_seeds'] = seed_summary(runs)
+        for g, v in runs['_seeds'].items():
+            print(f"{g}: " + ', '.join(f"{k} {' / '.join(f'{x:.2f}' for x in v[k])} (mean {v['mean_' + k]:.2f})" for k in ('ddpm1000', 'ddim50') if v[k]))
         if a.json: Path(a.json).write_text(json.dumps(runs, indent=1))
 
 if __name__ == '__main__': main()

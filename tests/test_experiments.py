@@ -410,6 +410,21 @@ def test_plain_diffusers_baseline_plans_decays_and_resumes(tmp_path, monkeypatch
     fixed, st3 = script.train(tmp_path / 'fixed', 1e-3, cpu_minutes=0., seed=1, steps=3)  # a step count, not a budget
     assert st3['step'] == st3['total'] == 3 and 'plan_step' not in st3
 
+def test_plain_diffusers_seed_summary():
+    "Each group of seeds is summarised once all its runs are in: the plain loop's two samplers, ours' DDIM-50 at N=512."
+    script = bench_script('plain_diffusers')
+    plain = lambda a, b: dict(diffusers_ddpm1000=dict(fid=a), ours_ddim50=dict(fid=b), ddim50={})
+    ours = lambda f: dict(ddim50={512: dict(fid=f), 2048: dict(fid=99.)})
+    runs = {'lr3e-3': plain(6., 4.), 'lr3e-3-seed1': plain(8., 5.), 'lr3e-3-seed2': plain(7., 6.),
+            'main job': ours(4.), 'M2-seed1': ours(5.)}
+    s = script.seed_summary(runs)
+    assert list(s) == ['plain loop, lr 3e-3 (2,721 steps)']  # the main job's third seed is missing: no summary yet
+    g = s['plain loop, lr 3e-3 (2,721 steps)']
+    assert g['ddpm1000'] == [6., 8., 7.] and g['mean_ddpm1000'] == 7. and g['mean_ddim50'] == 5.
+    runs['M2-seed2'] = ours(6.)
+    g = script.seed_summary(runs)['main job: M2 (1,998 steps)']
+    assert g['ddpm1000'] == [] and g['mean_ddpm1000'] is None and g['ddim50'] == [4., 5., 6.] and g['mean_ddim50'] == 5.
+
 
 def test_layout_probe_builds_every_layout():
     "Each probed layout builds and predicts noise shaped like x; the D- layouts are diffusers' network with one part changed."
