@@ -138,7 +138,7 @@ def main():
             res[name] = dict(name=name, layout=LAYOUTS[name], params=sweep[run]['params'], steps=sweep[run]['steps'],
                              step_s=sweep[run]['step_s'], fid=row['fid'], chunk_fids=row['chunk_fids'], source=run)
         for r in res.values():
-            r['macs'] = conv_macs(build(r['name']))
+            r['macs'] = conv_macs(build(r['name'] if r['name'] in LAYOUTS else r['name'].partition('-seed')[0]))  # NAME-seedS: NAME's network
             print(f"{r['name']}: {r['params']:,} params, {sum(r['macs'].values()) / 1e6:.0f}M MACs, {r['steps']} steps, "
                   f"FID {r['fid']:.2f} at N=2048 (blocks of 512: {', '.join(f'{f:.2f}' for f in r['chunk_fids'])})")
         if out: out.write_text(json.dumps({**res, '_speeds': speeds}, indent=1))
