@@ -421,9 +421,9 @@ def test_plain_diffusers_seed_summary():
     assert list(s) == ['plain loop, lr 3e-3 (2,721 steps)']  # the main job's third seed is missing: no summary yet
     g = s['plain loop, lr 3e-3 (2,721 steps)']
     assert g['ddpm1000'] == [6., 8., 7.] and g['mean_ddpm1000'] == 7. and g['mean_ddim50'] == 5.
-    runs['M2-seed2'] = ours(6.)
+    runs['M2-seed2'], runs['M2-seed3'] = ours(6.), ours(7.)
     g = script.seed_summary(runs)['main job: M2 (1,998 steps)']
-    assert g['ddpm1000'] == [] and g['mean_ddpm1000'] is None and g['ddim50'] == [4., 5., 6.] and g['mean_ddim50'] == 5.
+    assert g['ddpm1000'] == [] and g['mean_ddpm1000'] is None and g['ddim50'] == [4., 5., 6., 7.] and g['mean_ddim50'] == 5.5
 
 
 def test_layout_probe_builds_every_layout():
