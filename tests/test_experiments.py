@@ -407,7 +407,7 @@ def test_plain_diffusers_baseline_plans_decays_and_resumes(tmp_path, monkeypatch
     assert 'resuming at step' in capsys.readouterr().out
     assert st2['step'] > n0 and len(st2['losses']) == st2['step'] and st2['losses'][:n0] == st['losses']
     assert st2['cpu'] >= 0.03 * 60 or st2['step'] == st2['total']
-    fixed, st3 = script.train(tmp_path / 'fixed', 1e-3, cpu_minutes=0., seed=1, steps=3)  # a step count, not a budget
+    _, st3 = script.train(tmp_path / 'fixed', 1e-3, cpu_minutes=0., seed=1, steps=3)  # a step count, not a budget
     assert st3['step'] == st3['total'] == 3 and 'plan_step' not in st3
 
 def test_plain_diffusers_seed_summary():
@@ -418,7 +418,7 @@ def test_plain_diffusers_seed_summary():
     runs = {'lr3e-3': plain(6., 4.), 'lr3e-3-seed1': plain(8., 5.), 'lr3e-3-seed2': plain(7., 6.),
             'main job': ours(4.), 'M2-seed1': ours(5.)}
     s = script.seed_summary(runs)
-    assert list(s) == ['plain loop, lr 3e-3 (2,721 steps)']  # the main job's third seed is missing: no summary yet
+    assert list(s) == ['plain loop, lr 3e-3 (2,721 steps)']  # the main job's seeds 2 and 3 are missing: no summary yet
     g = s['plain loop, lr 3e-3 (2,721 steps)']
     assert g['ddpm1000'] == [6., 8., 7.] and g['mean_ddpm1000'] == 7. and g['mean_ddim50'] == 5.
     runs['M2-seed2'], runs['M2-seed3'] = ours(6.), ours(7.)
