@@ -453,3 +453,25 @@ def test_layout_probe_configs_rebuild_their_layouts():
     assert script.train_config('D-seed1', 10).seed == 1 and script.train_config('M2', 10).seed == 0
     assert script.train_config('S3', 10).channels == (16, 32, 64) and script.train_config('S3', 10).n_res == 3
     assert script.train_config('Dense', 10).channels == TrainConfig().channels  # cond='add' has no TrainConfig field: nothing named
+
+
+def test_bf16_gap_layers_time_each_layer_in_each_layout():
+    "--layers: every layer in every precision and layout, a positive time each, and the table's ratios are computed from them."
+    script = bench_script('bench_bf16_gap')
+    res = script.layers(bs=2, c=16, size=8, rounds=1, steps=2)
+    assert set(res) == set(script.LAYERS) and all(set(d) == set(script.LAYOUTS) for d in res.values())
+    assert all(t > 0 for d in res.values() for t in d.values())
+    row = [l for l in script.layers_table(res).splitlines() if l.startswith('| GroupNorm')][0]
+    d = res['GroupNorm']
+    assert row.endswith(f"| {d['fp32 channels-last'] / d['bf16']:.2f}x | {d['fp32 channels-last'] / d['bf16 channels-last']:.2f}x |")
+
+
+def test_bf16_gap_ops_profiles_both_precisions():
+    "--ops: fit_recipe's step profiled in fp32 and bf16; convolutions are found at the input's shape in both."
+    script = bench_script('bench_bf16_gap')
+    cfg = TrainConfig(channels=(8, 16), n_res=1, bs=8, n_train=64)
+    res = script.ops(cfg, steps=2, rounds=1)
+    assert set(res) == {'fp32', 'bf16'}
+    for q in res: assert res[q][('aten::mkldnn_convolution', (8, 1, 32, 32))] > 0, q
+    table = script.ops_table(res, rows=3)
+    assert table.startswith(f"all operations: {sum(res['fp32'].values()):.0f} ms per step in fp32") and len(table.splitlines()) == 3 + 3
