@@ -85,10 +85,10 @@ def train(d:Path, lr:float, cpu_minutes:float, seed:int=0, steps:int=None):
     st['cpu'] = time.process_time() - c0; save()
     return model, st
 
-SEEDS = {  # the same run with seeds 0, 1, 2 (ours also 3): the plain loop at its best lr, our main job, our UNet in the dense layout
-    'plain loop, lr 3e-3 (2,721 steps)': ['lr3e-3', 'lr3e-3-seed1', 'lr3e-3-seed2'],
-    'main job: M2 (1,998 steps)': ['main job', 'M2-seed1', 'M2-seed2', 'M2-seed3'],
-    'dense layout, our blocks (3,608 steps)': ['Dense-ours-seed0', 'Dense-ours-seed1', 'Dense-ours-seed2', 'Dense-ours-seed3']}
+SEEDS = {  # the same run with several seeds (0-2 for the plain loop, 0-5 for ours): the plain loop at its best lr, our main job, our UNet in the dense layout
+    'plain loop, lr 3e-3 (2,721 steps)': ['lr3e-3'] + [f'lr3e-3-seed{s}' for s in range(1, 3)],
+    'main job: M2 (1,998 steps)': ['main job'] + [f'M2-seed{s}' for s in range(1, 6)],
+    'dense layout, our blocks (3,608 steps)': [f'Dense-ours-seed{s}' for s in range(6)]}
 
 def seed_summary(runs:dict)->dict:
     "For each group of SEEDS whose runs are all done: each seed's FID at N=512 sampled the diffusers way (plain loop only) and with DDIM-50, and their means."

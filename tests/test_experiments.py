@@ -415,15 +415,17 @@ def test_plain_diffusers_seed_summary():
     script = bench_script('plain_diffusers')
     plain = lambda a, b: dict(diffusers_ddpm1000=dict(fid=a), ours_ddim50=dict(fid=b), ddim50={})
     ours = lambda f: dict(ddim50={512: dict(fid=f), 2048: dict(fid=99.)})
-    runs = {'lr3e-3': plain(6., 4.), 'lr3e-3-seed1': plain(8., 5.), 'lr3e-3-seed2': plain(7., 6.),
-            'main job': ours(4.), 'M2-seed1': ours(5.)}
+    loop, m2 = script.SEEDS['plain loop, lr 3e-3 (2,721 steps)'], script.SEEDS['main job: M2 (1,998 steps)']
+    runs = {n: plain(6. + i, 4. + 2 * i) for i, n in enumerate(loop)}
+    runs.update({n: ours(4. + i) for i, n in enumerate(m2[:-1])})
     s = script.seed_summary(runs)
-    assert list(s) == ['plain loop, lr 3e-3 (2,721 steps)']  # the main job's seeds 2 and 3 are missing: no summary yet
-    g = s['plain loop, lr 3e-3 (2,721 steps)']
-    assert g['ddpm1000'] == [6., 8., 7.] and g['mean_ddpm1000'] == 7. and g['mean_ddim50'] == 5.
-    runs['M2-seed2'], runs['M2-seed3'] = ours(6.), ours(7.)
+    assert list(s) == ['plain loop, lr 3e-3 (2,721 steps)']  # the main job's last seed is missing: no summary yet
+    g, k = s['plain loop, lr 3e-3 (2,721 steps)'], len(loop)
+    assert g['ddpm1000'] == [6. + i for i in range(k)] and g['mean_ddpm1000'] == 6. + (k - 1) / 2 and g['mean_ddim50'] == 4. + (k - 1)
+    runs[m2[-1]] = ours(4. + len(m2) - 1)
     g = script.seed_summary(runs)['main job: M2 (1,998 steps)']
-    assert g['ddpm1000'] == [] and g['mean_ddpm1000'] is None and g['ddim50'] == [4., 5., 6., 7.] and g['mean_ddim50'] == 5.5
+    assert g['ddpm1000'] == [] and g['mean_ddpm1000'] is None and g['ddim50'] == [4. + i for i in range(len(m2))]
+    assert g['mean_ddim50'] == 4. + (len(m2) - 1) / 2
 
 
 def test_layout_probe_builds_every_layout():
