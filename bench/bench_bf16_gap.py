@@ -64,8 +64,8 @@ LAYOUTS = ('fp32', 'fp32 channels-last', 'bf16', 'bf16 channels-last')
 
 def layer_time(layer, x, layout):
     "CPU seconds of one forward and backward of `layer` on `x` in `layout` (one of LAYOUTS), bfloat16 through autocast."
-    x = x.contiguous(memory_format=torch.channels_last if 'channels-last' in layout else torch.contiguous_format)
-    layer = layer.to(memory_format=torch.channels_last if 'channels-last' in layout else torch.contiguous_format)
+    fmt = torch.channels_last if 'channels-last' in layout else torch.contiguous_format
+    x, layer = x.contiguous(memory_format=fmt), layer.to(memory_format=fmt)
     if layout.startswith('bf16'): x = x.to(torch.bfloat16)   # as a bf16 activation arrives from the layer before
     x.requires_grad_(True)
     c = time.process_time()
@@ -107,7 +107,7 @@ class ProfileCB(Callback):
         self.prof.__exit__(None, None, None)
         steps, self.ms = self.n - self.skip, collections.Counter()
         for e in self.prof.key_averages(group_by_input_shape=True):
-            shape = next((tuple(s) for s in e.input_shapes if s), ()) if e.input_shapes else ()
+            shape = next((tuple(s) for s in e.input_shapes or () if s), ())
             self.ms[(e.key, shape)] += e.self_cpu_time_total / 1e3 / steps
 
 
