@@ -66,7 +66,7 @@ def check(results:list, num_processes:int)->list:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--n_train', type=int, default=1024)
     p.add_argument('--epochs', type=int, default=2)
     p.add_argument('--bs', type=int, default=32)

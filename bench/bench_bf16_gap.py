@@ -5,7 +5,7 @@ the command line's own step, alternated within each round; and, with `--layers`,
     python bench/bench_bf16_gap.py --layers [--bs 64] [--rounds 5] [--threads 2]
     python bench/bench_bf16_gap.py --ops [--channels 32,64,128] [--n_res 2] [--bs 64] [--rounds 2] [--steps 10]
 
-- 'recipe': `cli.fit_recipe` with `precision='bf16'` (callbacks, EMA, lr schedule, data loading): what `ddpm_train`
+- 'recipe': `train.fit_recipe` with `precision='bf16'` (callbacks, EMA, lr schedule, data loading): what `ddpm_train`
   runs here;
 - 'bare': the same network and batch size in a bare loop (noise, forward under autocast, MSE, backward, Adam) with no
   callbacks, no EMA and the batch already in memory: what is left once the training loop's overhead is gone;
@@ -31,7 +31,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ddpm_from_scratch.cli import TrainConfig, build_model, fit_recipe
+from ddpm_from_scratch.train import TrainConfig, build_model, fit_recipe
 from ddpm_from_scratch.learner import Callback
 
 from bench_precision import StepClock  # bench/ is on the path when this runs as a script
@@ -142,7 +142,7 @@ def recipe(cfg, steps):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--channels', default='32,64,128'); p.add_argument('--n_res', type=int, default=2)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--steps', type=int, default=10); p.add_argument('--threads', type=int, default=2)

@@ -1,8 +1,10 @@
 """Data-loading benchmark: batches per second at batch size 512, fast tensor path vs per-item transform path.
 
-Run: `python bench/bench_data.py`. Both paths run in this one process, one after the other, and the ratio
-is what to quote (absolute numbers on a shared 2-core machine are noisy)."""
-import time
+    python bench/bench_data.py [--bs 512] [--batches 20] [--threads 2]
+
+Both paths run in this one process, one after the other, and the ratio is what to quote (absolute numbers on a shared
+2-core machine are noisy)."""
+import argparse, time
 import torch
 from ddpm_from_scratch.data import DataLoaders, fashion_dls, fashion_transform, load_fashion_mnist
 
@@ -13,8 +15,13 @@ def rate(dl, n_batches):
     return n_batches / (time.perf_counter() - t0)
 
 if __name__ == '__main__':
-    torch.set_num_threads(2)
-    bs, n = 512, 20
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--bs', type=int, default=512, help='batch size')
+    p.add_argument('--batches', type=int, default=20, help='timed batches per path (after one warm-up batch)')
+    p.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    bs, n = a.bs, a.batches
     slow = DataLoaders.from_dd(load_fashion_mnist().with_transform(fashion_transform), bs).train
     fast = fashion_dls(bs).train
     r_slow, r_fast = rate(slow, n), rate(fast, n)

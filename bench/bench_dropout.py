@@ -8,7 +8,7 @@ from ddpm_from_scratch.data import fashion_tensors
 from ddpm_from_scratch.dropout import compare_dropout, ttd_predict
 
 if __name__ == '__main__':
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--epochs', type=int, default=3, help='epochs per run')
     ap.add_argument('--n_train', type=int, default=None, help='training images per run (all if omitted)')
     ap.add_argument('--p', type=float, default=0.25, help='dropout probability of the second run')

@@ -1,12 +1,12 @@
 """The FID/KID floor and ceiling: real test images and uniform noise scored against the training statistics.
 
-Run: `python bench/bench_fid_floor.py` (options: `--n 2048`, `--n-train` to use only the first N training images,
-`--threads`, `--cache-dir`). Features come from the shipped classifier (`load_classifier()`); the training
+Run: `python bench/bench_fid_floor.py` (options: `--n 2048`, `--n_train` to use only the first N training images,
+`--threads`, `--cache_dir`). Features come from the shipped classifier (`load_classifier()`); the training
 statistics are cached (see `ImageEval.fashion_mnist`), so only the first run pays for the 60,000 images.
 
 Printed, all from one run on this machine:
 - real: the first `n` test images vs the train statistics (what a perfect generator scores at this N);
-- train: the last `n` training images vs the train statistics (part of them unless `--n-train` leaves them out);
+- train: the last `n` training images vs the train statistics (part of them unless `--n_train` leaves them out);
 - noise: `n` images of uniform noise in [-1, 1] (seeded);
 - wrong scale: the same test images in [0, 1] (the course's old FID mistake; the range check only warns)."""
 import argparse, time, warnings
@@ -17,11 +17,11 @@ from ddpm_from_scratch.data import default_device, fashion_tensors
 from ddpm_from_scratch.fid import ImageEval
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--n', type=int, default=2048, help='images per scored set')
-    p.add_argument('--n-train', type=int, default=None, help='first N training images for the statistics (all if omitted)')
+    p.add_argument('--n_train', '--n-train', type=int, default=None, help='first N training images for the statistics (all if omitted)')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    p.add_argument('--cache-dir', default=None, help='folder for cached statistics (default_cache_dir() if omitted)')
+    p.add_argument('--cache_dir', '--cache-dir', default=None, help='folder for cached statistics (default_cache_dir() if omitted)')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = default_device()

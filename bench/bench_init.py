@@ -12,11 +12,11 @@ import argparse, sys, time
 import torch
 
 from ddpm_from_scratch.data import DataLoaders, fashion_tensors
-from ddpm_from_scratch.experiments import CONFIGS, diverged, loss_curve, small_unet
+from ddpm_from_scratch.init import CONFIGS, diverged, loss_curve, small_unet
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--lrs', type=float, nargs='+', default=[1e-2, 1.5e-2, 2e-2])
     p.add_argument('--n_train', type=int, default=4800)
     p.add_argument('--bs', type=int, default=32)

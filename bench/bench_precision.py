@@ -1,4 +1,4 @@
-"""Training speed and loss of the command line's recipe (`cli.fit_recipe`) in each precision, measured in one run.
+"""Training speed and loss of the command line's recipe (`train.fit_recipe`) in each precision, measured in one run.
 
     python bench/bench_precision.py [--channels 16,32,64] [--n_res 1] [--attn_res ''] [--bs 128] [--rounds 3]
                                     [--steps 12] [--precisions fp32,auto] [--loss_steps 150] [--seeds 0,1]
@@ -16,7 +16,8 @@ from dataclasses import replace
 
 import torch
 
-from ddpm_from_scratch.cli import StepTimerCB, TrainConfig, fit_recipe
+from ddpm_from_scratch.mixed import StepTimerCB
+from ddpm_from_scratch.train import TrainConfig, fit_recipe
 from ddpm_from_scratch.learner import Callback
 from ddpm_from_scratch.mixed import resolve_precision
 
@@ -50,7 +51,7 @@ def setting(q):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--channels', default='16,32,64'); p.add_argument('--n_res', type=int, default=1)
     p.add_argument('--attn_res', default=''); p.add_argument('--bs', type=int, default=128)
     p.add_argument('--rounds', type=int, default=3); p.add_argument('--steps', type=int, default=12)

@@ -1,6 +1,6 @@
 """FID of one checkpoint under several sampler settings, with the spread at a smaller N for free.
 
-    python bench/bench_sampling_settings.py --ckpt runs/ddpm [--n 2048] [--chunk 512] [--json out.json] \
+    python bench/bench_sampling_settings.py --ckpt runs/ddpm [--n 2048] [--chunk 512] [--json out.json] \\
         "steps=50,eta=1,clip=0" "steps=50,eta=1,clip=1" "steps=50,eta=0,clip=0" "steps=50,eta=0,clip=1"
 
 Every setting samples the same --n images' worth of noise (`ddim.generate`, batches of 64, one seeded generator), so
@@ -23,7 +23,7 @@ def parse_setting(s:str)->dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('settings', nargs='+', help="DDIM options, e.g. steps=50,eta=1,clip=0")
     p.add_argument('--ckpt', required=True, help="checkpoint file or folder (ddpm_train's, or a diffusers one from the budget sweep), or 'pretrained'")
     p.add_argument('--n', type=int, default=2048)
@@ -31,7 +31,7 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
-    from ddpm_from_scratch.cli import load_model, build_schedule
+    from ddpm_from_scratch.train import load_model, build_schedule
     from ddpm_from_scratch.experiments import load_bench_model
     from ddpm_from_scratch.data import fashion_tensors
     from ddpm_from_scratch.ddim import generate

@@ -11,7 +11,7 @@ import argparse, copy, os, statistics, sys, time
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--steps', type=int, default=4, help='DDIM steps per timed call')
@@ -19,7 +19,7 @@ def main(argv=None):
     os.environ.setdefault('OMP_NUM_THREADS', str(a.threads))
     import torch
     torch.set_num_threads(a.threads)
-    from ddpm_from_scratch.cli import build_schedule, load_pretrained
+    from ddpm_from_scratch.train import build_schedule, load_pretrained
     from ddpm_from_scratch.ddim import cpu_layout, sample
     model, cfg = load_pretrained()
     sched = build_schedule(cfg)

@@ -12,15 +12,21 @@ recorded before training and after 30, 100 and 300 updates. Each model then samp
 space, beside the floor of 256 real training images (FID at N=256 is biased upwards: compare at equal N). `noisy` is
 the fraction of images whose noise level read off the image (`noise_std_mad`: median neighbour difference) is above
 0.1, where 99% of real images are below 0.06: samples the sampler left as noise."""
-import sys, time
+import argparse, time
 import torch
 from ddpm_from_scratch.data import fashion_tensors
-from ddpm_from_scratch.experiments import time_experiment, time_table
+from ddpm_from_scratch.timesteps import time_experiment, time_table
 from ddpm_from_scratch.timesteps import noise_std_mad
 
 if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--quick', action='store_true', help='a smoke run in seconds (512 training images, 1 epoch, 16 samples)')
+    p.add_argument('--fig', default=None, metavar='PREFIX', help='also write PREFIX_loss_by_t.png and PREFIX_samples.png')
+    p.add_argument('--save', default=None, metavar='FILE', help='keep histories, samples and scores (not the models) in FILE')
+    p.add_argument('--from', dest='from_file', default=None, metavar='FILE', help='re-print a --save\'d run without training')
+    a = p.parse_args()
     torch.set_num_threads(1)
-    quick = '--quick' in sys.argv
+    quick = a.quick
     xs, xv = fashion_tensors('train')[0], fashion_tensors('test')[0]
     t0 = time.time()
     kw = dict(n_epochs=1, record_at=(2, 8), n_buckets=5, n_samples=16, sample_steps=5) if quick else {}
@@ -28,8 +34,8 @@ if __name__ == '__main__':
         from ddpm_from_scratch.fid import ImageEval
         kw['evaluator'] = ImageEval.fashion_mnist('test', n=512, kid_n=512)
         res = time_experiment(xs[:512], xv[:32], bs=64, **kw)
-    elif '--from' in sys.argv:  # re-print everything from a `--save`d run, without training
-        res = torch.load(sys.argv[sys.argv.index('--from') + 1], weights_only=False)
+    elif a.from_file:  # re-print everything from a `--save`d run, without training
+        res = torch.load(a.from_file, weights_only=False)
     else:
         res = time_experiment(xs[:9600], xv[:256], n_epochs=2, bs=64, lr=3e-3, record_at=(30, 100, 300), n_buckets=10,
                               n_samples=256, sample_steps=25)
@@ -42,11 +48,12 @@ if __name__ == '__main__':
     print(f"paired samples: median correlation {corr.median():.2f}, {(corr > 0.8).float().mean():.0%} of pairs above 0.8; "
           f"noisy in both {(na & nb).float().mean():.0%}, only without t {(nb & ~na).float().mean():.0%}, "
           f"only with t {(na & ~nb).float().mean():.0%}")
-    if '--save' in sys.argv:  # histories, samples and scores (not the models), to redraw figures without retraining
+    if a.save:  # histories, samples and scores (not the models), to redraw figures without retraining
         keep = {k: {n: v for n, v in r.items() if n != 'model'} for k, r in res.items()}
-        torch.save(keep, sys.argv[sys.argv.index('--save') + 1])
-    from ddpm_from_scratch.ddpm import linear_schedule
-    from ddpm_from_scratch.sampling import GaussianEps, loss_by_t
+        torch.save(keep, a.save)
+    from ddpm_from_scratch.process import linear_schedule
+    from ddpm_from_scratch.sampling import GaussianEps
+    from ddpm_from_scratch.timesteps import loss_by_t
     sched, nb = linear_schedule(), len(res['with t']['history'][0])
     base = loss_by_t(GaussianEps(sched.alpha_bar, xs[:2048].mean().item(), xs[:2048].std().item()),
                      xv[:32] if quick else xv[:256], sched, nb, seed=1)  # the same t and noise as the records
@@ -55,12 +62,12 @@ if __name__ == '__main__':
         h = res[k]['history']
         print(f"{k}: loss per bucket at", {n: [round(v, 4) for v in L.tolist()] for n, L in h.items()})
         print(f"{k}: train {res[k]['train_s']:.0f}s (incl. loss records), sample {res[k]['sample_s']:.0f}s (wall, shared CPU)")
-    if '--fig' in sys.argv:
+    if a.fig:
         import matplotlib; matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         from ddpm_from_scratch.data import show_images
         from ddpm_from_scratch.timesteps import plot_loss_by_t
-        pre = sys.argv[sys.argv.index('--fig') + 1]
+        pre = a.fig
         fig, axs = plt.subplots(1, 2, figsize=(6, 2.4), sharey=True)
         for ax, k in zip(axs, ('with t', 'without t')): plot_loss_by_t(res[k]['history'], ax=ax, title=k, baseline=base)
         fig.tight_layout(); fig.savefig(f'{pre}_loss_by_t.png', dpi=80)

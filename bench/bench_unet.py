@@ -50,7 +50,7 @@ def eval_loss(m, x_t, t, eps, bs=256):
     return tot / eps.numel()
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--steps', type=int, default=150); p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--threads', type=int, default=2); p.add_argument('--seed', type=int, default=0)

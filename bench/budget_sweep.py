@@ -5,9 +5,9 @@
     python bench/budget_sweep.py --root ~/ddpm-runs/sweep --report bench/results/budget_sweep.json
 
 A budget is minutes of training on this 2-core machine with both cores (`ddpm_train --minutes`). Runs are sized by
-step count, not by the clock: `--measure` times every setting not yet timed with `cli.measure_step_seconds` (2 threads, nothing else
+step count, not by the clock: `--measure` times every setting not yet timed with `train.measure_step_seconds` (2 threads, nothing else
 running) and a run of B minutes trains `B * 60 / seconds-per-step` steps. So the workers may share the machine (each
-uses one thread) without changing what is measured. Every run trains with `cli.train_ddpm` (the command line's path:
+uses one thread) without changing what is measured. Every run trains with `train.train_ddpm` (the command line's path:
 bf16 autocast where native, warm-up + cosine lr, EMA, checkpoints, so a killed worker resumes where it stopped) on all
 60,000 training images, then is scored by FID against the test split with 512 DDIM-50 samples (seed 0) of its EMA
 weights, beside the 512-image real-data floor. Finished runs are skipped, so `--work` can be started again at any time.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ddpm_from_scratch.cli import TrainConfig, build_schedule, load_model, measure_step_seconds, train_ddpm
+from ddpm_from_scratch.train import TrainConfig, build_schedule, load_model, measure_step_seconds, train_ddpm
 from ddpm_from_scratch.ddim import generate
-from ddpm_from_scratch.ddpm import fashion_unet
+from ddpm_from_scratch.unet import fashion_unet
 from ddpm_from_scratch.experiments import load_bench_model, train_diffusers
 from ddpm_from_scratch.fid import evaluate
 
@@ -108,7 +108,7 @@ def report(root, out):
         Path(out).write_text(json.dumps(dict(speeds=json.loads((root / 'speeds.json').read_text()), runs=res), indent=1))
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', type=Path, default=Path('~/ddpm-runs/sweep').expanduser())
     p.add_argument('--measure', action='store_true'); p.add_argument('--work', action='store_true')
     p.add_argument('--threads', type=int, default=1); p.add_argument('--report', nargs='?', const='', default=None)

@@ -31,9 +31,9 @@ import torch
 
 from budget_sweep import DIFFUSERS
 
-from ddpm_from_scratch.cli import TrainConfig, build_schedule, load_checkpoint, measure_step_seconds, train_ddpm
+from ddpm_from_scratch.train import TrainConfig, build_schedule, load_checkpoint, measure_step_seconds, train_ddpm
 from ddpm_from_scratch.ddim import generate
-from ddpm_from_scratch.ddpm import default_groups, fashion_unet
+from ddpm_from_scratch.unet import default_groups, fashion_unet
 from ddpm_from_scratch.data import fashion_tensors
 from ddpm_from_scratch.fid import ImageEval
 from ddpm_from_scratch.unet import UNet
@@ -88,7 +88,7 @@ def train_config(name:str, steps:int, seed:int=None)->TrainConfig:
     return replace(TrainConfig(), **named, total_steps=steps, seed=kw.get('seed', 0) if seed is None else seed)
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'layouts'))
     p.add_argument('--measure', action='store_true'); p.add_argument('--work', default=None)
     p.add_argument('--only', default=None, help="with --measure: time these layouts (comma-separated), even if timed before")

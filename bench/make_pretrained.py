@@ -1,15 +1,15 @@
 """Turn a finished `ddpm_train` run into a shipped reference model, and measure it.
 
-    python bench/make_pretrained.py --run ~/ddpm-runs/v2 --name ddpm_fashion_v2 [--n 512] \
+    python bench/make_pretrained.py --run ~/ddpm-runs/v2 --name ddpm_fashion_v2 [--n 512] \\
         [--rows ddim100-eta1-clip0,ddim50-eta1-clip0,ddim25-eta1-clip0,ddim50] [--guidance 50] [--minutes 40]
 
 1. Reads the run's checkpoint (`ddpm_train --out RUN ...`, every step done) and writes
    `ddpm_from_scratch/assets/NAME.pt`: the same checkpoint format with the EMA weights in float16 and no optimiser
-   state, so `cli.load_model` (and, for the version `cli.PRETRAINED` names, `ddpm_sample --ckpt pretrained`) loads
+   state, so `train.load_model` (and, for the version `train.PRETRAINED` names, `ddpm_sample --ckpt pretrained`) loads
    it like any checkpoint.
 2. Loads it back exactly as a user would and measures it with the library's own harnesses: `experiments.bench_samplers`
    (FID/KID and seconds per sampler row, against the real-data floor at the same N; the rows in the order given, so
-   the ones that matter most go first) and `experiments.guidance_eval` (the shipped classifier's accuracy on the
+   the ones that matter most go first) and `guidance.guidance_eval` (the shipped classifier's accuracy on the
    asked-for class at w = 0, 1, 3). `--minutes` bounds the row benchmark: rows not started by then are left out.
 3. Writes the facts and scores to NAME.json beside it: the `ddpm_train` command that reproduces the run, its steps,
    CPU-hours (from the checkpoint), hardware and the scores.
@@ -18,9 +18,10 @@ import argparse, hashlib, json, platform, time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ddpm_from_scratch.cli import TrainConfig, load_checkpoint, load_model, save_checkpoint
+from ddpm_from_scratch.train import TrainConfig, load_checkpoint, load_model, save_checkpoint
 from ddpm_from_scratch.data import assets_path
-from ddpm_from_scratch.experiments import bench_samplers, bench_table, guidance_eval, guidance_table, load_bench_model
+from ddpm_from_scratch.experiments import bench_samplers, bench_table, load_bench_model
+from ddpm_from_scratch.guidance import guidance_eval, guidance_table
 from ddpm_from_scratch.fid import ImageEval
 
 
@@ -36,7 +37,7 @@ def train_command(cfg:TrainConfig, out:str)->str:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--run', required=True, help="ddpm_train's output folder (or its checkpoint.pt)")
     p.add_argument('--name', required=True, help="the asset's name, e.g. ddpm_fashion_v2")
     p.add_argument('--n', type=int, default=512)

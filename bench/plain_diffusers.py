@@ -1,4 +1,4 @@
-"""The issue's baseline: a plain diffusers training loop (`UNet2DModel` + `DDPMScheduler`), given the CPU time our main
+"""The baseline: a plain diffusers training loop (`UNet2DModel` + `DDPMScheduler`), given the CPU time our main
 job took, then sampled the diffusers way and with our default sampler, and scored like `ddpm_eval`.
 
     OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-4 --lr 1e-4      # one run per core
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ddpm_from_scratch.cli import SampleConfig, TrainConfig, build_schedule, save_checkpoint
+from ddpm_from_scratch.train import SampleConfig, TrainConfig, build_schedule, save_checkpoint
 from ddpm_from_scratch.data import atomic_write, fashion_tensors, set_seed
 from ddpm_from_scratch.ddim import generate
-from ddpm_from_scratch.ddpm import fashion_unet
+from ddpm_from_scratch.unet import fashion_unet
 from ddpm_from_scratch.experiments import load_bench_model
 from ddpm_from_scratch.fid import ImageEval
 
@@ -124,7 +124,7 @@ def ddpm_pipeline(model, n:int, parts:Path, seed:int=0)->torch.Tensor:
     return torch.cat(out)
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', default=str(Path.home() / 'ddpm-runs' / 'plain'))
     p.add_argument('--work', default=None, help='train and score the run of this name')
     p.add_argument('--lr', type=float, default=1e-4)

@@ -7,10 +7,10 @@ __all__ = ['FASHION_LABELS', 'SPLITS', 'MPS_NOTE', 'def_device', 'assets_path', 
            'load_fashion_mnist', 'load_hub_dataset', 'to_model_range', 'fashion_transform', 'fashion_tensors',
            'CollateDict', 'collate_dict', 'DataLoaders', 'fashion_dls', 'show_image', 'subplots', 'get_grid',
            'show_images', 'show_image_batch', 'show_beside', 'set_seed', 'default_device', 'to_device', 'model_device',
-           'eval_mode', 'atomic_write']
+           'eval_mode', 'atomic_write', 'interactive', 'progress_bar', 'format_table']
 
 # %% ../nbs/00_data.ipynb #cb32c28e
-import contextlib, os, random, socket, tempfile, urllib.request, urllib.error, warnings
+import contextlib, os, random, socket, sys, tempfile, urllib.request, urllib.error, warnings
 from importlib.resources import files
 from pathlib import Path
 from collections.abc import Mapping
@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import datasets
 from datasets import Dataset, DatasetDict, Features, ClassLabel, Image as ImageFeature
 import fastcore.all as fc
+from tqdm.std import tqdm
 
 # %% ../nbs/00_data.ipynb #5d98bbd8
 FASHION_LABELS = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
@@ -300,3 +301,56 @@ def atomic_write(path, # The file to (re)write
         with contextlib.suppress(OSError): os.unlink(tmp)
         raise
     return path
+
+# %% ../nbs/00_data.ipynb #8005ac77
+def interactive()->bool:
+    "True in a Jupyter kernel or when stderr is a terminal: where a progress bar redraws in place."
+    try:
+        if type(get_ipython()).__name__ == 'ZMQInteractiveShell': return True  # noqa: F821
+    except NameError: pass
+    return sys.stderr.isatty()
+
+class _Lines:
+    "Iterate `iterable`, printing `desc: i/n` to stderr at the first item and after each further fifth of them."
+    def __init__(self, iterable, desc, total, lines):
+        self.it, self.desc, self.total, self.lines = iterable, desc, total, lines
+    def __len__(self): return self.total
+    def __iter__(self):
+        n = self.total
+        marks = {max(1, round(n * k / self.lines)) for k in range(1, self.lines + 1)} if n else set()
+        for i, o in enumerate(self.it, 1):
+            yield o
+            if i in marks or i == 1: print(f"{self.desc}: {i}/{n}", file=sys.stderr, flush=True)
+
+def progress_bar(iterable, # What to iterate over
+                 desc:str='', # A label for the bar or the lines
+                 disable:bool=False, # Show nothing
+                 total:int=None, # Number of items; `len(iterable)` if None
+                 lines:int=5 # Plain lines printed after the first one when not `interactive()`
+                ):
+    "A tqdm bar where it redraws in place (`interactive()`), else a few plain progress lines on stderr."
+    if disable: return iterable
+    total = len(iterable) if total is None else total
+    if interactive(): return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr)
+    return _Lines(iterable, desc, total, lines)
+
+# %% ../nbs/00_data.ipynb #34a8f9e9
+def _cell(v, spec)->str:
+    if v is None: return '-'
+    if isinstance(v, bool) or not isinstance(v, float): return str(v)
+    return format(v, spec) if spec else f'{v:g}'
+
+def format_table(rows, # One dict per line; or a dict name -> dict, the name going into the first column
+                 columns=None, # Keys to show, in order, or a dict key -> header; the first row's keys if None
+                 floats='.4f', # Format of float cells: a spec for all, or a dict key -> spec (other keys: `:g`)
+                 index:str='' # Header of the name column when `rows` is a dict
+                )->str:
+    "A markdown table of `rows`: floats formatted with `floats`, None shown as '-', anything else with `str`."
+    if isinstance(rows, dict): rows = [{index: k, **v} for k, v in rows.items()]
+    rows = list(rows)
+    if columns is None: columns = list(rows[0]) if rows else []
+    heads = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
+    spec = (lambda k: floats.get(k)) if isinstance(floats, dict) else (lambda k: floats)
+    lines = ['| ' + ' | '.join(heads.values()) + ' |', '|' + '---|' * len(heads)]
+    lines += ['| ' + ' | '.join(_cell(r.get(k), spec(k)) for k in heads) + ' |' for r in rows]
+    return '\n'.join(lines)

@@ -12,7 +12,9 @@ def run_pytest():
     "Run pytest on tests/; return (passed, failed) read from its JUnit report."
     with tempfile.TemporaryDirectory() as d:
         report = Path(d)/'pytest.xml'
-        rc = subprocess.call([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests',
+        # two workers (pytest-xdist), one test module each at a time: module fixtures are built once
+        workers = ['-n', os.environ.get('PYTEST_WORKERS', '2'), '--dist', 'loadscope']
+        rc = subprocess.call([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *workers, 'tests',
                               f'--junitxml={report}'], cwd=root)
         if not report.exists(): return 0, 1  # pytest itself broke (e.g. a collection crash): count it as a failure
         suites = ET.parse(report).getroot().iter('testsuite')

@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ddpm_from_scratch.data import DataLoaders
 from ddpm_from_scratch.learner import Callback, Learner, TrainCB
-from ddpm_from_scratch.ddpm import (DDPMCB, NoisifyCB, NoisifyCollate, Schedule, UNet2DTuple, abar_cos, adam_opt,
-                                    alpha_bar_at, at, band_t_weights, bcast, check_groups, cosine_schedule,
-                                    default_groups, drop_labels, eps_from_x0, fashion_unet, fit_ddpm, is_continuous,
-                                    linear_schedule, noisify, predict_noise, randn, x0_from_eps)
+from ddpm_from_scratch.ddpm import DDPMCB, NoisifyCB, NoisifyCollate, adam_opt, fit_ddpm
+from ddpm_from_scratch.process import Schedule, abar_cos, alpha_bar_at, at, band_t_weights, bcast, cosine_schedule, drop_labels, eps_from_x0, linear_schedule, noisify, predict_noise, randn, x0_from_eps
+from ddpm_from_scratch.unet import UNet2DTuple, check_groups, default_groups, fashion_unet
+
+COS = Schedule.continuous(abar_cos)  # continuous time: the cosine alpha-bar of t in [0, 1]
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ def test_schedule_to_and_other_lengths():
     assert s32.alpha_bar.dtype == torch.float32 and s32.n_steps == 10 and s32.device.type == 'cpu'
     one = linear_schedule(5e-4, 5e-4, 1)  # stated for T=1000, so x1000 at T=1
     assert one.alpha_bar.tolist() == [0.5]
-    ab = linear_schedule().alpha_bar
+    sched = linear_schedule(); ab = sched.alpha_bar
     np.testing.assert_allclose(Schedule.from_alpha_bar(ab).beta.numpy(), linear_schedule().beta.numpy(), rtol=1e-3)
 
 
@@ -77,20 +78,29 @@ def test_cosine_schedule_and_names():
     with pytest.raises(ValueError, match=r'\[0, 1\]'): abar_cos(1.5)
 
 
-def test_alpha_bar_at_reads_every_kind_of_schedule():
+def test_alpha_bar_at_reads_both_kinds_of_schedule():
     s = linear_schedule()
     t = torch.tensor([0, 10, 999])
-    for sched in (s, s.alpha_bar):
-        a = alpha_bar_at(sched, t)
-        assert a.dtype == torch.float64 and a.shape == (3,) and not is_continuous(sched)
-        np.testing.assert_allclose(a.numpy(), s.alpha_bar[t].double().numpy())
-    assert alpha_bar_at(s, 5).shape == ()
+    a = alpha_bar_at(s, t)
+    assert a.dtype == torch.float64 and a.shape == (3,) and not s.is_continuous
+    np.testing.assert_allclose(a.numpy(), s.alpha_bar[t].double().numpy())
+    assert alpha_bar_at(s, 5).shape == () and torch.equal(s.alpha_bar_at(t), a)
     ct = torch.tensor([0., 0.5, 1.])
-    np.testing.assert_allclose(alpha_bar_at(abar_cos, ct).numpy(), abar_cos(ct.double()).numpy())
-    assert is_continuous(abar_cos)
+    np.testing.assert_allclose(alpha_bar_at(COS, ct).numpy(), abar_cos(ct.double()).numpy())
+    assert COS.is_continuous and COS.device.type == 'cpu' and COS.to('meta') is COS
+    with pytest.raises(TypeError, match='no number of steps'): len(COS)
     with pytest.raises(TypeError, match='integer steps'): alpha_bar_at(s, ct)
-    with pytest.raises(TypeError, match='continuous'): alpha_bar_at(abar_cos, t)
+    with pytest.raises(TypeError, match='continuous'): alpha_bar_at(COS, t)
+
+
+def test_only_a_schedule_is_a_schedule():
+    "A bare alpha_bar tensor or an alpha-bar function is refused, with the way to make a Schedule of it."
+    s, t = linear_schedule(), torch.tensor([0, 10])
+    with pytest.raises(TypeError, match=r'Schedule.from_alpha_bar'): alpha_bar_at(s.alpha_bar, t)
+    with pytest.raises(TypeError, match=r'Schedule.continuous'): noisify(torch.zeros(2, 1, 4, 4), abar_cos)
     with pytest.raises(TypeError, match='schedule must be'): alpha_bar_at('linear', t)
+    with pytest.raises(TypeError, match='function'): Schedule.continuous(0.5)
+    torch.testing.assert_close(Schedule.from_alpha_bar(s.alpha_bar).alpha_bar, s.alpha_bar)
 
 
 def test_gather_broadcast_and_randn():
@@ -118,22 +128,22 @@ def test_x0_and_eps_invert_noisify():
 
 def test_noisify_continuous_time_and_given_eps():
     x0 = torch.rand(6, 1, 4, 4)
-    (xt, t), eps = noisify(x0, abar_cos, generator=torch.Generator().manual_seed(0))
+    (xt, t), eps = noisify(x0, COS, generator=torch.Generator().manual_seed(0))
     assert t.is_floating_point() and t.shape == (6,) and 0 <= t.min() and t.max() < 1
     a = bcast(abar_cos(t.double()), x0)
     torch.testing.assert_close(xt, a.sqrt() * x0 + (1 - a).sqrt() * eps)
     e = torch.randn_like(x0)
     (xt2, _), eps2 = noisify(x0, linear_schedule(), t=5, eps=e)
     assert eps2 is e
-    with pytest.raises(ValueError, match='continuous time'): noisify(x0, abar_cos, t_weights=torch.ones(1000))
+    with pytest.raises(ValueError, match='continuous time'): noisify(x0, COS, t_weights=torch.ones(1000))
 
 
 # ---- noisify -----------------------------------------------------------------------------------------------
 
 def test_noisify_layout_and_closed_form():
-    ab = linear_schedule().alpha_bar
+    sched = linear_schedule(); ab = sched.alpha_bar
     x0 = torch.rand(16, 1, 32, 32) * 2 - 1
-    (xt, t), eps = noisify(x0, ab)
+    (xt, t), eps = noisify(x0, sched)
     assert xt.shape == eps.shape == x0.shape and t.shape == (16,) and t.dtype == torch.int64
     assert 0 <= t.min() and t.max() < 1000
     a = ab[t].reshape(-1, 1, 1, 1)
@@ -143,11 +153,11 @@ def test_noisify_layout_and_closed_form():
 @pytest.mark.parametrize('t', [0, 100, 500, 999])
 def test_noisify_statistics_at_fixed_t(t):
     "Over many draws, x_t has mean sqrt(ab_t) x0 and variance 1 - ab_t (pixel-wise)."
-    ab = linear_schedule().alpha_bar
+    sched = linear_schedule(); ab = sched.alpha_bar
     torch.manual_seed(0)
     n = 20_000
     x0 = torch.linspace(-1, 1, 8).reshape(1, 1, 2, 4).expand(n, -1, -1, -1)
-    (xt, tt), _ = noisify(x0, ab, t=t)
+    (xt, tt), _ = noisify(x0, sched, t=t)
     assert (tt == t).all()
     a = ab[t].item()
     # standard error of a mean of n draws of variance (1-a) is sqrt((1-a)/n) <= 0.0071; allow 5 of them
@@ -157,36 +167,36 @@ def test_noisify_statistics_at_fixed_t(t):
 
 
 def test_noisify_uniform_t_histogram():
-    ab = linear_schedule().alpha_bar
+    sched = linear_schedule(); ab = sched.alpha_bar
     g = torch.Generator().manual_seed(0)
-    (_, t), _ = noisify(torch.zeros(50_000, 1, 1, 1), ab, generator=g)
+    (_, t), _ = noisify(torch.zeros(50_000, 1, 1, 1), sched, generator=g)
     h = torch.bincount(t // 100, minlength=10).double()
     chi2 = ((h - 5000) ** 2 / 5000).sum().item()
     assert chi2 < 27.9, chi2  # chi-square, 9 d.o.f., p = 0.001
 
 
 def test_noisify_t_weights_respected():
-    ab = linear_schedule().alpha_bar
+    sched = linear_schedule(); ab = sched.alpha_bar
     w = band_t_weights(1000, 700, p=0.7)
     assert w.sum().item() == pytest.approx(1) and w[700:].sum().item() == pytest.approx(0.7)
     g = torch.Generator().manual_seed(1)
     n = 50_000
-    (_, t), _ = noisify(torch.zeros(n, 1, 1, 1), ab, t_weights=w, generator=g)
+    (_, t), _ = noisify(torch.zeros(n, 1, 1, 1), sched, t_weights=w, generator=g)
     h = torch.bincount(t // 100, minlength=10).double()
     expected = torch.tensor([0.3 / 7] * 7 + [0.7 / 3] * 3, dtype=torch.float64) * n
     chi2 = ((h - expected) ** 2 / expected).sum().item()
     assert chi2 < 27.9, (chi2, h)
     # zero weights are never drawn
     w2 = torch.zeros(1000); w2[10:20] = 1
-    (_, t2), _ = noisify(torch.zeros(5000, 1, 1, 1), ab, t_weights=w2)
+    (_, t2), _ = noisify(torch.zeros(5000, 1, 1, 1), sched, t_weights=w2)
     assert t2.min() >= 10 and t2.max() < 20
 
 
 def test_noisify_generator_reproducible_and_dtype():
-    ab = linear_schedule(dtype=torch.float64).alpha_bar
+    sched = linear_schedule(dtype=torch.float64); ab = sched.alpha_bar
     x0 = torch.zeros(4, 1, 8, 8)
-    r1 = noisify(x0, ab, generator=torch.Generator().manual_seed(3))
-    r2 = noisify(x0, ab, generator=torch.Generator().manual_seed(3))
+    r1 = noisify(x0, sched, generator=torch.Generator().manual_seed(3))
+    r2 = noisify(x0, sched, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(r1, r2)
     assert r1[0][0].dtype == torch.float32  # follows x0, not alpha_bar
 
@@ -200,11 +210,11 @@ def test_noisify_generator_reproducible_and_dtype():
     (dict(t=3, t_weights=torch.ones(1000)), ValueError, 'either'),
 ])
 def test_noisify_errors(kw, err, msg):
-    with pytest.raises(err, match=msg): noisify(torch.zeros(2, 1, 4, 4), linear_schedule().alpha_bar, **kw)
+    with pytest.raises(err, match=msg): noisify(torch.zeros(2, 1, 4, 4), linear_schedule(), **kw)
 
 
 def test_noisify_rejects_int_images():
-    with pytest.raises(TypeError, match='float'): noisify(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), linear_schedule().alpha_bar)
+    with pytest.raises(TypeError, match='float'): noisify(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), linear_schedule())
 
 
 def test_band_t_weights_errors():
@@ -304,8 +314,8 @@ def test_tuple_route_trains_with_plain_traincb():
 
 
 def test_noisify_collate_picklable_and_correct():
-    ab = linear_schedule().alpha_bar
-    c = pickle.loads(pickle.dumps(NoisifyCollate(ab, t_weights=band_t_weights())))
+    sched = linear_schedule(); ab = sched.alpha_bar
+    c = pickle.loads(pickle.dumps(NoisifyCollate(sched, t_weights=band_t_weights())))
     ds = TensorDataset(torch.zeros(10, 1, 32, 32), torch.arange(10))
     (xt, t), eps = next(iter(DataLoader(ds, batch_size=5, collate_fn=c)))
     assert xt.shape == (5, 1, 32, 32) and t.dtype == torch.int64 and eps.shape == xt.shape
@@ -347,6 +357,25 @@ def test_ddpmcb_target_is_the_noise_and_t_weights_are_used():
         assert target.std() > 0.5  # noise, not an image that is mostly -1
 
 
+def test_conditional_ddpmcb_target_is_the_noise_and_t_weights_are_used():
+    "The class-conditional branch (`cond=`) too: the target is eps (not x0) and t follows t_weights, the labels riding along."
+    s = linear_schedule()
+    torch.manual_seed(0)
+    img = torch.rand(1, 1, 8, 8) * 2 - 1
+    x, y = img.expand(64, -1, -1, -1).contiguous(), torch.full((64,), 3)  # one image, so x0 is known whatever the order
+    w = torch.zeros(1000); w[990:] = 1  # only the noisiest steps
+    cap = Capture()
+    learn = Learner(Zero(n_classes=10), DataLoaders.from_tensors((x, y), (x[:8], y[:8]), 16), F.mse_loss, lr=0.01,
+                    cbs=[DDPMCB(s, t_weights=w, cond=10, p_uncond=0.5), cap])
+    learn.fit(1, valid=False)
+    assert len(cap.batches) == 4
+    for xt, t, c, target in cap.batches:
+        assert t.min() >= 990 and ((c == 3) | (c == 10)).all()
+        a = at(s.alpha_bar, t, xt)
+        torch.testing.assert_close(xt, a.sqrt() * img.expand_as(xt) + (1 - a).sqrt() * target)
+        assert target.std() > 0.5  # noise, not the image
+
+
 def test_ddpmcb_class_conditional_drops_labels_in_training_only():
     x, y, yv = torch.rand(400, 1, 4, 4), torch.full((400,), 3), torch.arange(100) % 10
     m = Zero(n_classes=10)
@@ -368,11 +397,11 @@ def test_ddpmcb_class_conditional_drops_labels_in_training_only():
 def test_ddpmcb_continuous_time():
     x = torch.rand(32, 1, 4, 4)
     cap = Capture()
-    learn = Learner(Zero(), DataLoaders.from_tensors((x,), (x[:8],), 16), F.mse_loss, lr=0.01, cbs=[DDPMCB(abar_cos), cap])
+    learn = Learner(Zero(), DataLoaders.from_tensors((x,), (x[:8],), 16), F.mse_loss, lr=0.01, cbs=[DDPMCB(COS), cap])
     learn.fit(1, valid=False)
     t = cap.batches[0][1]
     assert t.is_floating_point() and 0 <= t.min() and t.max() < 1
-    with pytest.raises(ValueError, match='continuous'): DDPMCB(abar_cos, t_weights=torch.ones(1000))
+    with pytest.raises(ValueError, match='continuous'): DDPMCB(COS, t_weights=torch.ones(1000))
     with pytest.raises(TypeError, match='schedule must be'): DDPMCB('cosine')
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_from_scratch import cli
+from ddpm_from_scratch import train
 
 FLAGS = ['--channels', '8,16', '--bs', '32', '--n_train', '256', '--n_steps', '50', '--epochs', '2', '--samples', '4', '--quiet']
 CUT = 11  # optimiser steps before the cut: epoch 1, batch 3 (8 steps per epoch)
@@ -31,14 +31,14 @@ def _torchrun(*args)->list:
 
 CUT_SCRIPT = textwrap.dedent(f'''
     import sys
-    from ddpm_from_scratch import cli
+    from ddpm_from_scratch import train
     from ddpm_from_scratch.learner import Callback, CancelFitException
     class Stop(Callback):
         order = 200  # after CheckpointCB wrote the step's checkpoint
         def after_step(self, learn):
-            if cli.global_step(learn) + 1 == {CUT}: raise CancelFitException()
-    cfg = cli.TrainConfig(channels=(8, 16), bs=32, n_train=256, n_steps=50, epochs=2)
-    cli.fit_recipe(cfg, path=sys.argv[1], ckpt_every=0, cbs=[Stop()])   # a checkpoint after every step, then a cut
+            if train.global_step(learn) + 1 == {CUT}: raise CancelFitException()
+    cfg = train.TrainConfig(channels=(8, 16), bs=32, n_train=256, n_steps=50, epochs=2)
+    train.fit_recipe(cfg, path=sys.argv[1], ckpt_every=0, cbs=[Stop()])   # a checkpoint after every step, then a cut
 ''')
 
 
@@ -51,9 +51,9 @@ def test_two_cpu_processes(tmp_path):
     r = _run([*acc, exe, '--out', str(tmp_path / 'a'), *FLAGS], tmp_path / 'log_a', tmp_path)
     assert r.stdout.count('checkpoint:') == 1, r.stdout          # only rank 0 prints
     assert sorted(p.name for p in (tmp_path / 'a').iterdir()) == ['checkpoint.pt', 'samples.png']
-    ck = cli.load_checkpoint(tmp_path / 'a')
+    ck = train.load_checkpoint(tmp_path / 'a')
     assert not any(k.startswith('module.') for k in ck['model']) and ck['step'] == 16
-    cli.model_from_checkpoint(ck)
+    train.model_from_checkpoint(ck)
     a0, a1 = _logs(tmp_path / 'log_a')
     assert (a0['world'], a1['world'], a0['rank'], a1['rank']) == (2, 2, 0, 1)
     assert len(a0['batches']) == len(a1['batches']) == 16 and not set(a0['batches']) & set(a1['batches'])  # different data
@@ -61,12 +61,12 @@ def test_two_cpu_processes(tmp_path):
     # 2. the same run cut mid-epoch (a checkpoint at step CUT), then resumed by ddpm_train in 2 processes
     (tmp_path / 'cut.py').write_text(CUT_SCRIPT)
     _run(_torchrun(str(tmp_path / 'cut.py'), str(tmp_path / 'b' / 'checkpoint.pt')), tmp_path / 'log_cut', tmp_path)
-    assert cli.load_checkpoint(tmp_path / 'b')['step'] == CUT
+    assert train.load_checkpoint(tmp_path / 'b')['step'] == CUT
     _run(_torchrun(exe, '--out', str(tmp_path / 'b'), '--resume', *FLAGS), tmp_path / 'log_b', tmp_path)
     b0, b1 = _logs(tmp_path / 'log_b')
     assert b0['batches'] == a0['batches'][CUT:] and b1['batches'] == a1['batches'][CUT:]  # the same batches and noise
     assert b0['weights'] == b1['weights'] == a0['weights'] and b0['ema'] == a0['ema']     # exactly where the whole run ended
-    cb = cli.load_checkpoint(tmp_path / 'b')
+    cb = train.load_checkpoint(tmp_path / 'b')
     assert all(torch.equal(cb['model'][k], ck['model'][k]) for k in ck['model'])
 
 
@@ -77,6 +77,6 @@ def test_two_cpu_processes_share_one_time_budget(tmp_path):
     r = _run(_torchrun(shutil.which('ddpm_train'), '--out', str(tmp_path / 'm'), '--minutes', '0.15', *flags), tmp_path / 'log_m', tmp_path)
     assert 'steps in all' in r.stdout, r.stdout   # the re-plan happened (and rank 0 said so)
     m0, m1 = _logs(tmp_path / 'log_m')
-    ck = cli.load_checkpoint(tmp_path / 'm')
+    ck = train.load_checkpoint(tmp_path / 'm')
     assert len(m0['batches']) == len(m1['batches']) == ck['step'] == ck['config']['total_steps']
     assert m0['weights'] == m1['weights']

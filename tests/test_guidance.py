@@ -5,16 +5,19 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_unet
 from ddpm_from_scratch.data import DataLoaders
-from ddpm_from_scratch.ddpm import DDPMCB, Schedule, abar_cos, drop_labels, fit_ddpm, linear_schedule
+from ddpm_from_scratch.ddpm import DDPMCB, fit_ddpm
+from ddpm_from_scratch.process import Schedule, abar_cos, drop_labels, linear_schedule
 from ddpm_from_scratch.ddim import SAMPLERS, sample, sampler_options
 from ddpm_from_scratch.guidance import GuidedModel, cfg_eps, class_grid, guided_eps, guided_sample
 
+COS = Schedule.continuous(abar_cos)  # continuous time: the cosine alpha-bar of t in [0, 1]
 
-def cond_unet(seed=0, n_classes=10):
-    "A tiny class-conditioned U-Net, randomised so every input (the class included) matters, in eval mode."
-    return make_tiny_unet(seed, randomise=True, n_classes=n_classes).eval()
+
+@pytest.fixture
+def cond_unet(tiny_unet):
+    "A factory of tiny class-conditional U-Nets, every layer randomised so that the class matters, in eval mode."
+    return lambda seed=0, n_classes=10: tiny_unet(seed, randomise=True, n_classes=n_classes).eval()
 
 
 def sched(): return Schedule.from_beta(torch.linspace(1e-3, 0.2, 20))
@@ -79,8 +82,8 @@ def test_conditional_callback_batches_and_fraction():
     assert torch.equal(learn.batch[0][2], y)
 
 
-def test_conditional_callback_trains_with_the_learner():
-    m = CountingModel(make_tiny_unet(n_classes=10))
+def test_conditional_callback_trains_with_the_learner(tiny_unet):
+    m = CountingModel(tiny_unet(n_classes=10))
     x, y = torch.rand(64, 1, 16, 16) * 2 - 1, torch.full((64,), 3)  # one class: the batches are shuffled
     cb = DDPMCB(linear_schedule(n_steps=50), cond=10, p_uncond=0.5)
     fit_ddpm(m, DataLoaders.from_tensors((x, y), (x[:16], y[:16]), 16), 1, 1e-3, cb=cb, metrics=False, valid=False)
@@ -104,7 +107,7 @@ def test_bad_scales(w):
     with pytest.raises(ValueError, match='guidance scale w'): cfg_eps(torch.zeros(1), torch.zeros(1), w)
 
 
-def test_guided_eps_equals_separate_calls():
+def test_guided_eps_equals_separate_calls(cond_unet):
     m = cond_unet()
     x, t, c = torch.randn(4, 1, 16, 16), torch.tensor([5, 200, 600, 999]), torch.tensor([0, 3, 7, 9])
     with torch.no_grad():
@@ -117,7 +120,7 @@ def test_guided_eps_equals_separate_calls():
         assert torch.allclose(guided_eps(m, x, 200, c, 2.), cfg_eps(m(x, 200), m(x, 200, c), 2.), atol=1e-5)  # scalar t
 
 
-def test_guided_eps_uses_one_batched_forward():
+def test_guided_eps_uses_one_batched_forward(cond_unet):
     m = CountingModel(cond_unet())
     x, t, c = torch.randn(3, 1, 16, 16), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])
     with torch.no_grad():
@@ -126,88 +129,88 @@ def test_guided_eps_uses_one_batched_forward():
         m.calls.clear(); guided_eps(m, x, t, c, 0.); assert m.calls == [3]
 
 
-def test_guided_eps_errors():
+def test_guided_eps_errors(tiny_unet, cond_unet):
     m = cond_unet()
     x = torch.randn(2, 1, 16, 16)
     with pytest.raises(ValueError, match='2 images'): guided_eps(m, x, 1, torch.tensor([1, 2, 3]), 2.)
     with pytest.raises(ValueError, match=r'lie in \[0, 9\]'): guided_eps(m, x, 1, torch.tensor([1, 10]), 2.)
-    with pytest.raises(TypeError, match='class-conditioned'): guided_eps(make_tiny_unet(), x, 1, torch.tensor([0, 1]), 2.)
+    with pytest.raises(TypeError, match='class-conditioned'): guided_eps(tiny_unet(), x, 1, torch.tensor([0, 1]), 2.)
 
 
-def test_guided_model_takes_the_wrapped_models_mode():
+def test_guided_model_takes_the_wrapped_models_mode(cond_unet):
     m = cond_unet()
-    assert GuidedModel(m, [1]).training is False
-    assert GuidedModel(m.train(), [1]).training is True
+    assert GuidedModel(m).training is False
+    assert GuidedModel(m.train()).training is True
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 9])
     with torch.no_grad():
-        assert torch.allclose(GuidedModel(m.eval(), [4, 5], 2.)(x, t), guided_eps(m, x, t, torch.tensor([4, 5]), 2.))
-    with pytest.raises(TypeError, match='class-conditioned'): GuidedModel(nn.Linear(2, 2), [1])
+        assert torch.allclose(GuidedModel(m.eval(), 2.)(x, t, torch.tensor([4, 5])), guided_eps(m, x, t, torch.tensor([4, 5]), 2.))
+    with pytest.raises(TypeError, match='class-conditioned'): GuidedModel(nn.Linear(2, 2))
 
 
 # ---- samplers: every sampler of the registry, through `sample` ----
 @pytest.mark.parametrize('name', list(SAMPLERS))
-def test_guided_sample_shapes_determinism_and_mode(name):
+def test_guided_sample_shapes_determinism_and_mode(cond_unet, name):
     m, s, opts = cond_unet(), sched(), few_steps(name)
-    run = lambda seed: guided_sample(m, [0, 1, 2], s, 3., name, generator=torch.Generator().manual_seed(seed),
+    run = lambda seed: guided_sample(m, s, [0, 1, 2], 3., name, generator=torch.Generator().manual_seed(seed),
                                      progress=False, **opts)
     a, b, c = run(0), run(0), run(1)
     assert a.shape == (3, 1, 16, 16) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert m.training is False  # the model's mode is left as it was, eval...
     modes = []
-    m.train(); guided_sample(m, [0], s, 2., name, progress=False, callback=lambda d: modes.append(m.training), **opts)
+    m.train(); guided_sample(m, s, [0], 2., name, progress=False, callback=lambda d: modes.append(m.training), **opts)
     assert m.training is True and modes and not any(modes)  # ...or train; eval inside
 
 
 @pytest.mark.parametrize('name', list(SAMPLERS))
-def test_guided_sample_is_sample_of_the_guided_model(name):
-    "No per-sampler branches: guided_sample is the registry's `sample` of a `GuidedModel`."
+def test_guided_sample_is_sample_of_the_guided_model(cond_unet, name):
+    "No per-sampler branches: guided_sample is the registry's `sample` of a `GuidedModel`, the classes as its condition."
     m, s, opts = cond_unet(), sched(), few_steps(name)
-    a = guided_sample(m, [2, 3], s, 2., name, generator=torch.Generator().manual_seed(0), progress=False, **opts)
-    b = sample(GuidedModel(m, [2, 3], 2.), (2, 1, 16, 16), s, name, generator=torch.Generator().manual_seed(0),
-               progress=False, **opts)
+    a = guided_sample(m, s, [2, 3], 2., name, generator=torch.Generator().manual_seed(0), progress=False, **opts)
+    b = sample(GuidedModel(m, 2.), (2, 1, 16, 16), s, name, generator=torch.Generator().manual_seed(0),
+               progress=False, cond=[2, 3], **opts)
     assert torch.equal(a, b)
     x_T = torch.randn(2, 1, 16, 16)
-    a = guided_sample(m, [2, 3], s, 2., name, x_T=x_T, generator=torch.Generator().manual_seed(0), progress=False, **opts)
-    b = sample(GuidedModel(m, [2, 3], 2.), x_T, s, name, generator=torch.Generator().manual_seed(0), progress=False, **opts)
+    a = guided_sample(m, s, [2, 3], 2., name, x_T=x_T, generator=torch.Generator().manual_seed(0), progress=False, **opts)
+    b = sample(GuidedModel(m, 2.), x_T, s, name, generator=torch.Generator().manual_seed(0), progress=False, cond=[2, 3], **opts)
     assert torch.equal(a, b)
 
 
-def test_guided_sample_scale_changes_samples_and_x_T():
+def test_guided_sample_scale_changes_samples_and_x_T(cond_unet):
     m, s = cond_unet(), sched()
     x_T = torch.randn(2, 1, 16, 16)
-    a, b = (guided_sample(m, [4, 5], s, w, steps=4, x_T=x_T, progress=False) for w in (1., 4.))
+    a, b = (guided_sample(m, s, [4, 5], w, steps=4, x_T=x_T, progress=False) for w in (1., 4.))
     assert not torch.allclose(a, b)
     grid = class_grid(m, s, (1., 4.), n_per_class=1, seed=3, steps=4, progress=False)
     assert grid.shape == (2, 10, 1, 16, 16)
     x_T = torch.randn(10, 1, 16, 16, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(grid[1], guided_sample(m, torch.arange(10), s, 4., steps=4, x_T=x_T, progress=False), atol=1e-6)
+    assert torch.allclose(grid[1], guided_sample(m, s, torch.arange(10), 4., steps=4, x_T=x_T, progress=False), atol=1e-6)
     assert not torch.allclose(grid[0], grid[1])
 
 
-def test_guided_sample_continuous_time():
+def test_guided_sample_continuous_time(cond_unet):
     m = cond_unet()
-    out = guided_sample(m, [1, 2], abar_cos, 3., 'ddim', steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    out = guided_sample(m, COS, [1, 2], 3., 'ddim', steps=3, generator=torch.Generator().manual_seed(0), progress=False)
     assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
 
 
-def test_guided_sample_errors():
+def test_guided_sample_errors(tiny_unet, cond_unet):
     m, s = cond_unet(), sched()
-    with pytest.raises(ValueError, match='this model has 10 classes'): guided_sample(m, [10], s, progress=False)
-    with pytest.raises(ValueError, match='guidance scale w'): guided_sample(m, [1], s, w=-2., progress=False)
-    with pytest.raises(ValueError, match='euler'): guided_sample(m, [1], s, sampler='euler', progress=False)
-    with pytest.raises(TypeError, match='steps'): guided_sample(m, [1], s, sampler='ddim', stepz=3, progress=False)
-    with pytest.raises(ValueError, match='2 images'): guided_sample(m, [1], s, x_T=torch.randn(2, 1, 16, 16), steps=3, progress=False)
-    with pytest.raises(TypeError, match='class-conditioned'): class_grid(make_tiny_unet(), s)
+    with pytest.raises(ValueError, match='this model has 10 classes'): guided_sample(m, s, [10], progress=False)
+    with pytest.raises(ValueError, match='guidance scale w'): guided_sample(m, s, [1], w=-2., progress=False)
+    with pytest.raises(ValueError, match='euler'): guided_sample(m, s, [1], sampler='euler', progress=False)
+    with pytest.raises(TypeError, match='steps'): guided_sample(m, s, [1], sampler='ddim', stepz=3, progress=False)
+    with pytest.raises(ValueError, match='2 images'): guided_sample(m, s, [1], x_T=torch.randn(2, 1, 16, 16), steps=3, progress=False)
+    with pytest.raises(TypeError, match='class-conditioned'): class_grid(tiny_unet(), s)
 
 
-def test_guided_generate_batches_like_guided_sample():
+def test_guided_generate_batches_like_guided_sample(tiny_unet, cond_unet):
     from ddpm_from_scratch.guidance import guided_generate
     torch.manual_seed(0)
     m, sched = cond_unet(), linear_schedule(n_steps=20)
     imgs = guided_generate(m, sched, [3, 1, 4, 1, 5], 2., steps=3, seed=0, bs=2, progress=False)
     assert imgs.shape == (5, 1, 16, 16) and imgs.abs().max() <= 1 and imgs.device.type == "cpu"  # the model's own image size
-    one = guided_sample(m, [3, 1], sched, 2., steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    one = guided_sample(m, sched, [3, 1], 2., steps=3, generator=torch.Generator().manual_seed(0), progress=False)
     assert torch.allclose(imgs[:2], one.clamp(-1, 1), atol=1e-5)  # batch 0 is guided_sample of its two classes
     with pytest.raises(ValueError, match=r'lie in \[0, 9\]'): guided_generate(m, sched, [10], 1., steps=2, progress=False)
-    with pytest.raises(TypeError, match='class-conditioned'): guided_generate(make_tiny_unet(), sched, [1], 1., steps=2, progress=False)
+    with pytest.raises(TypeError, match='class-conditioned'): guided_generate(tiny_unet(), sched, [1], 1., steps=2, progress=False)

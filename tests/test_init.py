@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from ddpm_from_scratch.data import set_seed
-from ddpm_from_scratch.ddpm import fashion_unet, linear_schedule, noisify
+from ddpm_from_scratch.unet import fashion_unet
+from ddpm_from_scratch.process import linear_schedule, noisify
 from ddpm_from_scratch.init import adam_opt, init_ddpm
 from ddpm_from_scratch import ddpm, init
 

@@ -88,3 +88,52 @@ def test_notebook_import_cells_hold_only_imports():
             is_imp = [isinstance(n, (ast.Import, ast.ImportFrom)) for n in body]
             if any(is_imp) and not all(is_imp): bad.append(f'{nb.name} cell {i}: {src[:60]!r}')
     assert not bad, bad
+
+
+def notebook_modules()->dict:
+    "For each numbered notebook: its number, the module it exports (or None) and the package modules its cells import."
+    import json, re
+    out = {}
+    for nb in sorted((PKG.parent / 'nbs').glob('[0-9][0-9]_*.ipynb')):
+        cells = [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+        exp = next((m.group(1) for s in cells for m in [re.search(r'^#\|\s*default_exp\s+(\w+)', s, re.M)] if m), None)
+        imports = set()
+        for s in cells:
+            try: tree = ast.parse('\n'.join(l for l in s.splitlines() if not l.lstrip().startswith(('%', '!'))))
+            except SyntaxError: continue
+            imports |= package_imports(tree, top_level_only=False)
+        out[nb.stem] = dict(number=int(nb.stem[:2]), exports=exp, imports=imports - {exp})
+    return out
+
+
+def later_imports(nbs:dict)->list:
+    "Every `(notebook, module, exporting notebook)` where a notebook imports a module that a later notebook exports."
+    home = {d['exports']: (d['number'], name) for name, d in nbs.items() if d['exports']}
+    return sorted((name, m, home[m][1]) for name, d in nbs.items() for m in d['imports'] if m in home and home[m][0] > d['number'])
+
+
+def test_later_imports_are_found():
+    nbs = {'00_a': dict(number=0, exports='a', imports={'b'}), '01_b': dict(number=1, exports='b', imports={'a'})}
+    assert later_imports(nbs) == [('00_a', 'b', '01_b')]
+
+
+def test_notebooks_read_in_order():
+    "A notebook imports only modules exported by itself or by an earlier notebook, so the course reads front to back."
+    nbs = notebook_modules()
+    assert {d['exports'] for d in nbs.values() if d['exports']} == set(MODULES), "every module has its one notebook"
+    assert later_imports(nbs) == []
+
+
+def test_no_module_imports_the_command_line():
+    "The command line is a thin layer for users: nothing in the package builds on it."
+    assert [m for m, deps in graph().items() if 'cli' in deps] == []
+
+
+@pytest.mark.parametrize('mod', ['process', 'sampling', 'ddim'])
+def test_samplers_import_light(mod):
+    "Importing the process or a sampler loads neither the Learner, nor the training callback, nor diffusers (fresh interpreter)."
+    import subprocess, sys
+    heavy = ['ddpm_from_scratch.learner', 'ddpm_from_scratch.ddpm', 'ddpm_from_scratch.train', 'diffusers']
+    code = f"import sys, ddpm_from_scratch.{mod}; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == '[]', f'importing {mod} loads {out}'

@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from ddpm_from_scratch.data import DataLoaders, set_seed
 from ddpm_from_scratch.learner import Callback, Learner, TrainCB, synthetic_regression
 from ddpm_from_scratch.mixed import AccelerateCB, FiniteLossCB, MixedPrecision, NonFiniteLossError, autocast_dtype
-from conftest import make_tiny_unet
 
 root = Path(__file__).resolve().parent.parent
 
@@ -164,12 +163,12 @@ def test_accelerate_two_cpu_processes():
     assert 'rank 0/2' in proc.stdout and 'rank 1/2' in proc.stdout and 'all checks passed' in proc.stdout
 
 
-def test_with_ddpmcb_and_a_unet():
+def test_with_ddpmcb_and_a_unet(tiny_unet):
     "The real composition: DDPMCB runs predict (model(x_t, t)), MixedPrecision autocasts it and steps."
     from ddpm_from_scratch.ddpm import DDPMCB
     from ddpm_from_scratch.ddpm import adam_opt
     set_seed(0)
-    model = make_tiny_unet()   # zero-initialised output: predicts zero noise at first
+    model = tiny_unet()   # zero-initialised output: predicts zero noise at first
     seen = []
     h = model.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     x = torch.rand(32, 1, 32, 32) * 2 - 1

@@ -5,8 +5,7 @@ import torch
 
 import pytest
 
-from ddpm_from_scratch.cli import (PRETRAINED, TrainConfig, build_schedule, load_checkpoint, load_model, load_pretrained,
-                                  pretrained_path, shipped_models)
+from ddpm_from_scratch.train import PRETRAINED, TrainConfig, build_schedule, load_checkpoint, load_model, load_pretrained, pretrained_path, shipped_models
 from ddpm_from_scratch.classifier import accuracy, load_classifier
 from ddpm_from_scratch.guidance import guided_sample
 from ddpm_from_scratch.unet import UNet
@@ -30,7 +29,7 @@ def test_asset_is_small_versioned_float16_and_described(name):
     assert all(v.dtype == torch.float16 for v in ck['model'].values()) and ck['step'] == f['steps']
     assert TrainConfig.from_dict(ck['config']) == TrainConfig.from_dict(f['config'])
     assert f['train_cpu_hours'] > 0 and f['scores']['n'] >= 512 and f['scores']['rows']
-    model, cfg = load_model(name)   # by name, as `ddpm_sample --ckpt NAME` does
+    model, cfg = load_model(name)   # by name, as `sample_ddpm --ckpt NAME` does
     assert cfg == TrainConfig.from_dict(f['config']) and sum(p.numel() for p in model.parameters()) == f['params']
 
 
@@ -52,7 +51,7 @@ def test_guided_samples_are_recognised_by_the_classifier():
     "A broken or mis-loaded model fails this: guided samples (w=3) must mostly be the asked-for class."
     model, cfg = load_pretrained()
     classes = torch.arange(10).repeat(3)
-    imgs = guided_sample(model, classes, build_schedule(cfg), w=3., steps=20, progress=False,
+    imgs = guided_sample(model, build_schedule(cfg), classes, w=3., steps=20, progress=False,
                          generator=torch.Generator().manual_seed(0))
     acc = accuracy(load_classifier(), imgs, classes)
     assert acc >= 0.6, acc

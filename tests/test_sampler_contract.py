@@ -1,13 +1,15 @@
 """The sampler contract: every sampler registered in `ddim.SAMPLERS` (the `sampler` fixture in conftest.py) keeps the
-shared interface `f(model, x, schedule, *, generator=None, progress=True, callback=None, **options)`.
+shared interface `f(model, x, schedule, *, generator=None, progress=True, callback=None, cond=None, **options)`.
 Registering a new sampler is enough to have it checked here."""
 import inspect
 
 import torch
 
-from conftest import make_tiny_unet
 from ddpm_from_scratch.ddim import sampler_options
-from ddpm_from_scratch.ddpm import abar_cos, linear_schedule
+from ddpm_from_scratch.process import abar_cos, linear_schedule
+from ddpm_from_scratch.process import Schedule
+
+COS = Schedule.continuous(abar_cos)  # continuous time: the cosine alpha-bar of t in [0, 1]
 
 SCHED = linear_schedule(n_steps=20)
 SHAPE = (2, 1, 16, 16)
@@ -25,7 +27,7 @@ class Counting(torch.nn.Module):
 def gen(seed): return torch.Generator().manual_seed(seed)
 
 
-def test_sampler_contract(sampler, capsys):
+def test_sampler_contract(tiny_unet, sampler, capsys):
     name, f = sampler
     opts = sampler_options(name)
     few = dict(steps=5) if 'steps' in opts else {}  # keep samplers with a step count quick
@@ -34,13 +36,13 @@ def test_sampler_contract(sampler, capsys):
     # the signature: (model, x, schedule) then the shared keywords; every option has a default
     ps = inspect.signature(f).parameters
     assert list(ps)[:3] == ['model', 'x', 'schedule']
-    assert {k: (ps[k].kind, ps[k].default) for k in ('generator', 'progress', 'callback')} == {
+    assert {k: (ps[k].kind, ps[k].default) for k in ('generator', 'progress', 'callback', 'cond')} == {
         'generator': (ps['generator'].KEYWORD_ONLY, None), 'progress': (ps['progress'].KEYWORD_ONLY, True),
-        'callback': (ps['callback'].KEYWORD_ONLY, None)}
+        'callback': (ps['callback'].KEYWORD_ONLY, None), 'cond': (ps['cond'].KEYWORD_ONLY, None)}
     assert all(v is not inspect.Parameter.empty for v in opts.values()), opts
 
     # shapes: from a shape, and from x_T (the same as drawing x_T from the generator first)
-    m = make_tiny_unet(randomise=True)
+    m = tiny_unet(randomise=True)
     out = run(m, SHAPE, generator=gen(0))
     assert out.shape == SHAPE and out.dtype == torch.float32 and torch.isfinite(out).all()
     g = gen(0); x_T = torch.randn(SHAPE, generator=g)
@@ -67,19 +69,29 @@ def test_sampler_contract(sampler, capsys):
     for a, b in zip(seen, seen[1:]): assert torch.equal(a['x_prev'], b['x'])
     assert torch.equal(seen[-1]['x_prev'], out)
 
+    # the condition: one label per image reaches the model at every call, as `model(x_t, t, cond)`
+    class Conditional(torch.nn.Module):
+        def __init__(self): super().__init__(); self.seen = []
+        def forward(self, x, t, c): self.seen.append(c.tolist()); return m(x, t)
+    cm = Conditional()
+    run(cm, SHAPE, cond=[3, 7])
+    assert cm.seen and all(c == [3, 7] for c in cm.seen)
+    try: run(cm, SHAPE, cond=[3]); raise AssertionError(f"{name} accepted one label for two images")
+    except ValueError: pass
+
     # device: the model's ('meta' makes a sampler that ignores it fail), also when x_T lives elsewhere
-    mm = make_tiny_unet().to('meta')
+    mm = tiny_unet().to('meta')
     assert run(mm, SHAPE).device.type == 'meta'
     assert run(mm, torch.randn(SHAPE)).device.type == 'meta'
 
     # continuous time (an alpha-bar function): the model sees float t in [0, 1]; or a clear TypeError
     cm = Counting(m)
     if getattr(f, 'continuous_time', False):
-        a = run(cm, SHAPE, abar_cos, generator=gen(0))
-        assert a.shape == SHAPE and torch.isfinite(a).all() and torch.equal(a, run(m, SHAPE, abar_cos, generator=gen(0)))
+        a = run(cm, SHAPE, COS, generator=gen(0))
+        assert a.shape == SHAPE and torch.isfinite(a).all() and torch.equal(a, run(m, SHAPE, COS, generator=gen(0)))
         assert all(t.is_floating_point() and 0 <= t.min() and t.max() <= 1 for t in cm.ts)
     else:
-        try: run(cm, SHAPE, abar_cos); raise AssertionError(f"{name} accepted an alpha-bar function without continuous_time")
+        try: run(cm, SHAPE, COS); raise AssertionError(f"{name} accepted an alpha-bar function without continuous_time")
         except TypeError: assert not cm.ts  # refused before calling the model
 
     # progress=False prints nothing; progress=True shows a bar

@@ -5,9 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_from_scratch.ddpm import abar_cos, fashion_unet, linear_schedule, noisify
-from ddpm_from_scratch.sampling import (GaussianEps, KeepSteps, ddpm_sample, ddpm_step, loss_by_t, posterior_coefs,
-                                        sampling_device, start_noise)
+from ddpm_from_scratch.process import abar_cos, linear_schedule, noisify
+from ddpm_from_scratch.unet import fashion_unet
+from ddpm_from_scratch.sampling import GaussianEps, KeepSteps, sample_ddpm, ddpm_step, posterior_coefs, sampling_device, start_noise
+from ddpm_from_scratch.timesteps import loss_by_t
+from ddpm_from_scratch.process import Schedule
+
+COS = Schedule.continuous(abar_cos)  # continuous time: the cosine alpha-bar of t in [0, 1]
 
 
 # ---- posterior coefficients --------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ def test_true_noise_recovers_x0_and_posterior_mean(t):
     s = linear_schedule(dtype=torch.float64)
     g = torch.Generator().manual_seed(t)
     x0 = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) * 1.8 - 0.9
-    (xt, _), eps = noisify(x0, s.alpha_bar, t=t, generator=g)
+    (xt, _), eps = noisify(x0, s, t=t, generator=g)
     prev, x0_hat = ddpm_step(xt, t, eps, s, noise=torch.zeros_like(x0))
     torch.testing.assert_close(x0_hat, x0, rtol=0, atol=1e-9)
     c0, ct, _ = (o[t] for o in closed_form())
@@ -104,9 +108,9 @@ def test_step_accepts_alpha_bar_tensor_and_refuses_continuous_time():
     s = linear_schedule(dtype=torch.float64)
     xt, eps, z = torch.randn(3, 2, 1, 4, 4, dtype=torch.float64).unbind(0)
     a, _ = ddpm_step(xt, 500, eps, s, noise=z)
-    b, _ = ddpm_step(xt, 500, eps, s.alpha_bar, noise=z)
+    b, _ = ddpm_step(xt, 500, eps, s, noise=z)
     torch.testing.assert_close(a, b)
-    with pytest.raises(TypeError, match='eta=1'): ddpm_step(xt, 5, eps, abar_cos)
+    with pytest.raises(TypeError, match='eta=1'): ddpm_step(xt, 5, eps, COS)
 
 
 @pytest.mark.parametrize('kw,err,msg', [(dict(t=1000), ValueError, r'\[0, 1000\)'), (dict(t=-1), ValueError, 'lie in'),
@@ -137,11 +141,11 @@ def test_sample_shape_and_keep_steps_callback():
     s = linear_schedule(1e-4, 0.01, 20)
     m = ZeroEps()
     m.train()
-    out = ddpm_sample(m, (3, 1, 8, 8), s, progress=False)
+    out = sample_ddpm(m, (3, 1, 8, 8), s, progress=False)
     assert isinstance(out, torch.Tensor) and out.shape == (3, 1, 8, 8)
     assert m.ts == list(range(19, -1, -1)) and m.training  # every step once, in order; mode restored
     keep = KeepSteps((19, 5, 0))
-    final = ddpm_sample(m, (3, 1, 8, 8), s, callback=keep, progress=False)
+    final = sample_ddpm(m, (3, 1, 8, 8), s, callback=keep, progress=False)
     assert set(keep.xts) == set(keep.x0s) == {19, 5, 0}
     assert all(v.shape == (3, 1, 8, 8) and v.device.type == 'cpu' for v in [*keep.xts.values(), *keep.x0s.values()])
     assert final.abs().max() <= 1  # zero noise predicted: x0_hat = x_t / sqrt(ab) clipped, and the last step returns it
@@ -151,7 +155,7 @@ def test_sample_shape_and_keep_steps_callback():
 def test_sample_callback_sees_each_step_in_order():
     s = linear_schedule(1e-4, 0.01, 6)
     seen = []
-    out = ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, callback=seen.append, progress=False, generator=torch.Generator().manual_seed(0))
+    out = sample_ddpm(ZeroEps(), (2, 1, 4, 4), s, callback=seen.append, progress=False, generator=torch.Generator().manual_seed(0))
     assert [d['i'] for d in seen] == list(range(6)) and [d['t'] for d in seen] == [5, 4, 3, 2, 1, 0]
     for a, b in zip(seen, seen[1:]): assert torch.equal(a['x_prev'], b['x'])  # x_prev of one step is x of the next
     assert torch.equal(seen[-1]['x_prev'], out)
@@ -159,17 +163,17 @@ def test_sample_callback_sees_each_step_in_order():
 
 def test_sample_generator_reproducible_x_T_and_errors():
     s = linear_schedule(1e-4, 0.01, 10)
-    a = ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
-    b = ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
+    a = sample_ddpm(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
+    b = sample_ddpm(ZeroEps(), (2, 1, 4, 4), s, progress=False, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
     # x_T given: the same as drawing it from the generator first
     g = torch.Generator().manual_seed(5)
     x_T = torch.randn((2, 1, 4, 4), generator=g)
-    torch.testing.assert_close(ddpm_sample(ZeroEps(), x_T, s, progress=False, generator=g), a)
-    with pytest.raises(ValueError, match='shape'): ddpm_sample(ZeroEps(), (2, 1, 4.0, 4), s, progress=False)
-    with pytest.raises(TypeError, match='x_T must be a float'): ddpm_sample(ZeroEps(), torch.zeros(2, 1, 4, 4, dtype=torch.long), s)
-    with pytest.raises(ValueError, match='variance'): ddpm_sample(ZeroEps(), (2, 1, 4, 4), s, variance='x')
-    with pytest.raises(TypeError, match='eta=1'): ddpm_sample(ZeroEps(), (2, 1, 4, 4), abar_cos)
+    torch.testing.assert_close(sample_ddpm(ZeroEps(), x_T, s, progress=False, generator=g), a)
+    with pytest.raises(ValueError, match='shape'): sample_ddpm(ZeroEps(), (2, 1, 4.0, 4), s, progress=False)
+    with pytest.raises(TypeError, match='x_T must be a float'): sample_ddpm(ZeroEps(), torch.zeros(2, 1, 4, 4, dtype=torch.long), s)
+    with pytest.raises(ValueError, match='variance'): sample_ddpm(ZeroEps(), (2, 1, 4, 4), s, variance='x')
+    with pytest.raises(TypeError, match='eta=1'): sample_ddpm(ZeroEps(), (2, 1, 4, 4), COS)
     with pytest.raises(ValueError, match='steps'): KeepSteps([-1])
 
 
@@ -189,7 +193,7 @@ def test_sample_with_exact_predictor_reproduces_gaussian_data(variance):
     "With the exact E[eps | x_t] for x0 ~ N(0.3, 0.2^2), DDPM sampling must return that distribution."
     s = linear_schedule()
     torch.manual_seed(0)
-    x = ddpm_sample(GaussianEps(s.alpha_bar, 0.3, 0.2), (4000, 1, 1, 1), s, clip=False, progress=False, variance=variance)
+    x = sample_ddpm(GaussianEps(s.alpha_bar, 0.3, 0.2), (4000, 1, 1, 1), s, clip=False, progress=False, variance=variance)
     assert abs(x.mean().item() - 0.3) < 0.015  # standard error 0.2/sqrt(4000) = 0.003
     assert abs(x.std().item() / 0.2 - 1) < 0.06
 
@@ -199,7 +203,7 @@ def test_sample_unwraps_diffusers_output_and_tuple_models():
     for tuple_input in (False, True):
         torch.manual_seed(0)
         m = fashion_unet((8, 16), attention=False, layers_per_block=1, tuple_input=tuple_input)
-        out = ddpm_sample(m, (2, 1, 32, 32), s, progress=False)
+        out = sample_ddpm(m, (2, 1, 32, 32), s, progress=False)
         assert isinstance(out, torch.Tensor) and out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
 
 

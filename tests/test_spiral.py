@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from ddpm_from_scratch.ddpm import DDPMCB, Schedule, alpha_bar_at, at, noisify, x0_from_eps
-from ddpm_from_scratch.sampling import ddpm_sample, ddpm_step, posterior_coefs
+from ddpm_from_scratch.ddpm import DDPMCB
+from ddpm_from_scratch.process import Schedule, alpha_bar_at, at, noisify, x0_from_eps
+from ddpm_from_scratch.sampling import sample_ddpm, ddpm_step, posterior_coefs
 from ddpm_from_scratch.spiral import (THETA_MAX, THETA_MIN, SpiralMLP, fit_spiral, loss_history, make_spiral,
                                       posterior_grid, q_iterate, q_step, spiral_curve, spiral_distance, spiral_dls,
                                       spiral_nearest, spiral_schedule)
@@ -26,10 +27,10 @@ def posterior(x_t, x0, t, sched):
     return at(c.x0, t, x0) * x0 + at(c.xt, t, x_t) * x_t, at(c.var, t, x_t)
 
 def sample_trajectory(model, sched, n, generator=None, **options):
-    "ddpm_sample with posterior variance (the spiral's process), keeping x_t before every step: xs (T+1, n, 2), x0s (T, n, 2)."
+    "sample_ddpm with posterior variance (the spiral's process), keeping x_t before every step: xs (T+1, n, 2), x0s (T, n, 2)."
     xs, x0s = [], []
     def keep(d): xs.append(d['x'].cpu()); x0s.append(d['x0'].cpu())
-    x = ddpm_sample(model, (n, 2), sched, generator=generator, progress=False, callback=keep, variance='posterior', **options)
+    x = sample_ddpm(model, (n, 2), sched, generator=generator, progress=False, callback=keep, variance='posterior', **options)
     return torch.stack(xs + [x.cpu()]), torch.stack(x0s)
 
 

@@ -3,12 +3,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_unet
 from ddpm_from_scratch.data import DataLoaders
 from ddpm_from_scratch.ddim import NoiseOracle
-from ddpm_from_scratch.ddpm import DDPMCB, Schedule, abar_cos, fit_ddpm, linear_schedule, noisify
-from ddpm_from_scratch.sampling import GaussianEps, loss_by_t
+from ddpm_from_scratch.ddpm import DDPMCB, fit_ddpm
+from ddpm_from_scratch.process import Schedule, abar_cos, linear_schedule, noisify
+from ddpm_from_scratch.sampling import GaussianEps
+from ddpm_from_scratch.timesteps import loss_by_t
 from ddpm_from_scratch.timesteps import LossByTCB, bucket_edges, estimate_t, noise_std_mad
+
+COS = Schedule.continuous(abar_cos)  # continuous time: the cosine alpha-bar of t in [0, 1]
 
 
 class Zero(nn.Module):
@@ -23,7 +26,7 @@ def images(n=64, size=16, seed=0):
 # ---- the loss per t on models with known answers ----
 def test_loss_by_t_oracle_and_zero():
     s, x = linear_schedule(), images(64)
-    assert loss_by_t(NoiseOracle(x, s.alpha_bar), x, s, n_buckets=5, bs=64).max() < 1e-10
+    assert loss_by_t(NoiseOracle(x, s), x, s, n_buckets=5, bs=64).max() < 1e-10
     L = loss_by_t(Zero(), x, s, n_buckets=5)
     assert L.shape == (5,) and (L - 1).abs().max() < 0.03  # E[eps^2] = 1; 16k values per bucket, std ~0.011
 
@@ -54,15 +57,15 @@ def _fit(model, rec=None, n=128, bs=32, seed=0):
     return model
 
 
-def test_loss_by_t_cb_records_and_does_not_disturb_training():
+def test_loss_by_t_cb_records_and_does_not_disturb_training(tiny_unet):
     s, xv = linear_schedule(n_steps=100), images(16, 16, seed=2)
     rec = LossByTCB(xv, s, at=(1, 4), n_buckets=4)
-    m1 = _fit(make_tiny_unet(), rec)
+    m1 = _fit(tiny_unet(), rec)
     assert sorted(rec.history) == [0, 1, 4] and rec.n_updates == 4
     assert (rec.history[0] - 1).abs().max() < 0.1  # untrained U-Net: zero output
     assert not torch.allclose(rec.history[4], rec.history[0])  # training moved it
     assert torch.allclose(rec.history[4], loss_by_t(m1, xv, s, 4, seed=1))  # the last record is the final model
-    m2 = _fit(make_tiny_unet())  # same run without the recorder
+    m2 = _fit(tiny_unet())  # same run without the recorder
     for p1, p2 in zip(m1.parameters(), m2.parameters()): assert torch.equal(p1, p2)
 
 
@@ -71,14 +74,14 @@ def test_loss_by_t_cb_errors():
 
 
 # ---- the time ablation's model ----
-def test_time_free_unet_ignores_t():
-    m = make_tiny_unet(randomise=True, time_cond=False)
+def test_time_free_unet_ignores_t(tiny_unet):
+    m = tiny_unet(randomise=True, time_cond=False)
     assert not hasattr(m, 'time_mlp')  # no time embedding at all
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         a, b, c = m(x, torch.tensor([0, 1, 2])), m(x, torch.tensor([999, 500, 7])), m(x, None)
     assert torch.equal(a, b) and torch.equal(a, c) and a.abs().max() > 0
-    mt = make_tiny_unet(randomise=True)
+    mt = tiny_unet(randomise=True)
     with torch.no_grad():
         assert not torch.allclose(mt(x, torch.tensor([0, 1, 2])), mt(x, torch.tensor([999, 500, 7])))  # the control
 
@@ -101,9 +104,9 @@ def test_estimate_t_on_flat_images():
         assert est.dtype == torch.long and est.shape == (16,)
         med = est.float().median().item()
         assert abs(med - t) <= 0.1 * t + 2, (t, med)
-        assert torch.equal(estimate_t(x_t, s.alpha_bar), est)  # the lesson's alpha_bar tensor works the same
+        assert torch.equal(estimate_t(x_t, s), est)  # the lesson's alpha_bar tensor works the same
 
 
 def test_noise_std_mad_and_estimate_t_errors():
     with pytest.raises(ValueError, match=r'\(B, C, H, W\)'): noise_std_mad(torch.zeros(32, 32))
-    with pytest.raises(TypeError, match='discrete schedule'): estimate_t(torch.zeros(2, 1, 8, 8), abar_cos)
+    with pytest.raises(TypeError, match='discrete schedule'): estimate_t(torch.zeros(2, 1, 8, 8), COS)

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_from_scratch.unet import ResBlock, SelfAttention, UNet, timestep_embedding
-from conftest import make_tiny_unet
 
 SMALL = dict(channels=(16, 32, 32), n_res=1, attn_res=(8,))  # fast, with attention at 8x8
 
@@ -99,10 +98,11 @@ def test_output_other_resolution_and_bad_input():
 # ---- configuration errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('kw, msg', [
-    (dict(channels=(32, 64, 100)), r'\[100\] is not divisible by groups=8'),
+    (dict(channels=(32, 64, 100), groups=8), r'\[100\] is not divisible by groups=8'),
     (dict(channels=(32, 64, 96), groups=5), r'divisible by groups=5'),
     (dict(groups=32), r'single channel per group at width 32.*use groups in \[2, 4, 8, 16\]'),
-    (dict(channels=(8, 16)), r'single channel per group at width 8'),
+    (dict(channels=(8, 16), groups=8), r'single channel per group at width 8'),
+    (dict(channels=(3, 5), attn_res=()), r'No GroupNorm setting works'),
     (dict(groups=0), r'groups must be a positive int'),
     (dict(img_size=30), r'img_size=30 must be a positive multiple of 2\*\*\(levels-1\)=8.*e\.g\. 32'),
     (dict(img_size=12), r'multiple of 8 \(e\.g\. 16\)'),
@@ -119,6 +119,14 @@ def test_output_other_resolution_and_bad_input():
 ])
 def test_bad_config_errors(kw, msg):
     with pytest.raises(ValueError, match=msg): UNet(**kw)
+
+
+def test_default_groups_follow_the_one_rule():
+    "Without `groups`, the U-Net takes `default_groups(channels)`: 8 where every width allows it, else the largest that works."
+    from ddpm_from_scratch.unet import default_groups
+    for ch in ((32, 64, 128, 128), (8, 16), (16, 32, 64, 100)):
+        assert UNet(channels=ch, attn_res=()).config['groups'] == default_groups(ch)
+    assert default_groups((8, 16)) == 4 and default_groups((32, 64)) == 8
 
 
 def test_img_size_28_fine_with_three_levels():
@@ -236,14 +244,14 @@ def test_config_rebuilds_the_model():
     torch.testing.assert_close(m2.eval()(x, 7), m.eval()(x, 7))
 
 
-def test_drops_into_the_ddpm_code():
-    from ddpm_from_scratch.ddpm import linear_schedule, predict_noise
-    from ddpm_from_scratch.sampling import ddpm_sample
-    m = make_tiny_unet(randomise=True)
+def test_drops_into_the_ddpm_code(tiny_unet):
+    from ddpm_from_scratch.process import linear_schedule, predict_noise
+    from ddpm_from_scratch.sampling import sample_ddpm
+    m = tiny_unet(randomise=True)
     x = xt(2, s=16)
     out = predict_noise(m, x, torch.tensor([5, 6]))
     assert torch.equal(out, m(x, torch.tensor([5, 6])))
-    imgs = ddpm_sample(m, (2, 1, 16, 16), linear_schedule(n_steps=5), progress=False,
+    imgs = sample_ddpm(m, (2, 1, 16, 16), linear_schedule(n_steps=5), progress=False,
                        generator=torch.Generator().manual_seed(0))
     assert imgs.shape == (2, 1, 16, 16) and torch.isfinite(imgs).all() and m.training  # mode restored
 
@@ -251,7 +259,7 @@ def test_drops_into_the_ddpm_code():
 @pytest.mark.parametrize('channels,n_res', [((16, 32, 64), 1), ((32, 64), 2)])
 def test_dense_layout_has_the_weights_of_unet2dmodel(channels, n_res):
     "Built with diffusers' choices, the dense layout has UNet2DModel's weights, tensor for tensor (by shape)."
-    from ddpm_from_scratch.ddpm import fashion_unet
+    from ddpm_from_scratch.unet import fashion_unet
     ours = UNet(channels=channels, n_res=n_res, attn_res=(), cond='add', skip_scale=False, down='conv', skip='dense', mid=2)
     theirs = fashion_unet(channels, attention=False, layers_per_block=n_res)
     shapes = lambda m: sorted(tuple(p.shape) for p in m.parameters())
