@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['timestep_embedding', 'zero_', 'ResBlock', 'SelfAttention', 'downsample', 'upsample', 'default_groups', 'check_groups',
-           'Level', 'UNet', 'UNet2DTuple', 'fashion_unet']
+           'Level', 'UNet', 'fashion_unet']
 
 # %% ../nbs/05_unet.ipynb #d723df14
 import math
@@ -12,8 +12,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-from diffusers import UNet2DModel
+from functools import cache
 
 # %% ../nbs/05_unet.ipynb #21ff7c7f
 def _check_embedding_input(t, dim)->torch.Tensor:
@@ -318,17 +317,28 @@ class UNet(nn.Module):
         return h
 
 # %% ../nbs/05_unet.ipynb #3631af69
-class UNet2DTuple(UNet2DModel):
-    "A diffusers `UNet2DModel` whose `forward` takes one `(x_t, t)` tuple and returns the predicted noise as a tensor."
-    tuple_input = True
-    def forward(self, x): return super().forward(*x).sample
+@cache
+def _diffusers_unets()->tuple:
+    "diffusers' `UNet2DModel`, and `UNet2DTuple` built on it: imported on first use (diffusers takes seconds to import)."
+    from diffusers import UNet2DModel  # on first use only: the samplers and the training command need no diffusers
+    class UNet2DTuple(UNet2DModel):
+        "A diffusers `UNet2DModel` whose `forward` takes one `(x_t, t)` tuple and returns the predicted noise as a tensor."
+        tuple_input = True
+        def forward(self, x): return super().forward(*x).sample
+    UNet2DTuple.__module__, UNet2DTuple.__qualname__ = __name__, 'UNet2DTuple'  # pickled by name, found by `__getattr__`
+    return UNet2DModel, UNet2DTuple
+
+def __getattr__(name:str):
+    "`unet.UNet2DTuple`, made on first access."
+    if name == 'UNet2DTuple': return _diffusers_unets()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def fashion_unet(channels:tuple=(32, 64, 128, 128), # Channel widths, one per resolution level
                  groups:int=None, # GroupNorm groups; `default_groups(channels)` if None
                  attention:bool=True, # Self-attention in all but the first level and the middle (the diffusers layout)
                  tuple_input:bool=False, # Build a `UNet2DTuple` (forward takes `(x_t, t)`, returns a tensor)
                  **kwargs # Passed to `UNet2DModel`, e.g. `layers_per_block`
-                )->UNet2DModel:
+                )->nn.Module:
     "A diffusers U-Net for 1-channel 32x32 images, with the GroupNorm setting validated."
     channels = tuple(channels)
     if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
@@ -341,4 +351,4 @@ def fashion_unet(channels:tuple=(32, 64, 128, 128), # Channel widths, one per re
     else: down, up = ('DownBlock2D',) * n, ('UpBlock2D',) * n
     kw = dict(sample_size=32, in_channels=1, out_channels=1, block_out_channels=channels, norm_num_groups=groups,
               down_block_types=down, up_block_types=up, add_attention=attention)
-    return (UNet2DTuple if tuple_input else UNet2DModel)(**{**kw, **kwargs})
+    return _diffusers_unets()[tuple_input](**{**kw, **kwargs})

@@ -175,9 +175,11 @@ def test_bench_table_numbers():
 
 
 def bench_script(name='bench_samplers'):
-    "bench/NAME.py, imported as a module (with bench/ on the path, as when it runs as a script)."
+    "bench/NAME.py (or bench/archive/NAME.py), imported as a module (with bench/ on the path, as when it runs as a script)."
     if str(ROOT / 'bench') not in sys.path: sys.path.append(str(ROOT / 'bench'))
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'bench' / f'{name}.py')
+    path = ROOT / 'bench' / f'{name}.py'
+    if not path.exists(): path = ROOT / 'bench' / 'archive' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(name, path)
     script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)
     return script
 
@@ -394,7 +396,7 @@ def test_two_workers_share_a_row(tmp_path):
 
 
 def test_plain_diffusers_baseline_plans_decays_and_resumes(tmp_path, monkeypatch, capsys):
-    "The issue's baseline loop: diffusers' warm-up + cosine lr, a CPU-time budget, and a resumable state."
+    "The baseline loop: diffusers' warm-up + cosine lr, a CPU-time budget, and a resumable state."
     script = bench_script('plain_diffusers')
     f = [script._lr_factor(s, 2000) for s in (0, 250, 500, 1000, 1999, 2000)]
     assert f[0] == 0 and f[1] == pytest.approx(.5) and f[2] == 1 and f[2] > f[3] > f[4] > 0 and f[5] == 0

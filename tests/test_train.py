@@ -1,5 +1,5 @@
 "The training recipe (`ddpm_from_scratch.train`), in process and on tiny configurations: config, checkpoints, resuming, EMA, learning rate, time budget."
-import copy, os, stat
+import math, os, stat, time
 
 import pytest
 import torch
@@ -80,6 +80,14 @@ def test_warmup_cosine():
     assert lrs[20 + 90] == pytest.approx(0.5, abs=0.01)              # half-way through the decay
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:])) and lrs[-1] < 1e-3
     assert warmup_cosine(500, 1.0, 200, 0.1) == 0.                    # past the end
+
+
+def test_warmup_cosine_closed_form_at_the_edges():
+    "Warm-up (s+1)/n_warm, then 0.5 (1 + cos(pi (s - n_warm) / (T - n_warm))): the peak on the first decay step, 0 exactly at T."
+    assert [warmup_cosine(s, 2.0, 10, 0.3) for s in range(3)] == pytest.approx([2 / 3, 4 / 3, 2.0])
+    for s in (20, 21, 110, 198, 199, 200):
+        assert warmup_cosine(s, 1.0, 200, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 20) / 180)), abs=1e-12), s
+    assert warmup_cosine(20, 1.0, 200, 0.1) == 1.0 and warmup_cosine(199, 1.0, 200, 0.1) > 0 and warmup_cosine(200, 1.0, 200, 0.1) == 0.
 
 
 class LRs(Callback):
@@ -170,6 +178,14 @@ def test_precision_is_resolved_and_reported(capsys):
     assert 'precision: fp32 (as asked)' in capsys.readouterr().out
     learn = fit_recipe(TrainConfig(total_steps=1, **TINY))
     assert learn.precision[0] == ('bf16' if native_bf16('cpu') else 'fp32')
+
+
+def test_the_budget_replan_reaches_the_lr_schedule():
+    "After the re-plan the learning rate decays over the new step count, not over the first estimate (which ends it at 0)."
+    rec = LRs()
+    cfg = TrainConfig(total_steps=2, lr=1e-3, **{**TINY, 'n_train': 512})   # 8 steps per epoch: room for 8 steps
+    fit_recipe(cfg, cbs=[rec], budget=(time.time() + 10 ** 6, 2))           # a far deadline: the re-plan fills the room, at any speed
+    assert rec.lrs == pytest.approx([warmup_cosine(s, 1e-3, 8, cfg.warmup) for s in range(8)])
 
 
 # ---- the time budget: step counts, never seconds --------------------------------------------------------------

@@ -1,13 +1,13 @@
 """The baseline: a plain diffusers training loop (`UNet2DModel` + `DDPMScheduler`), given the CPU time our main
 job took, then sampled the diffusers way and with our default sampler, and scored like `ddpm_eval`.
 
-    OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-4 --lr 1e-4      # one run per core
-    OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr1e-3 --lr 1e-3
-    OMP_NUM_THREADS=1 python bench/plain_diffusers.py --work lr3e-3-seed1 --lr 3e-3 --seed 1 --steps 2721   # lr3e-3's steps
-    python bench/plain_diffusers.py --score 'main job=runs/ddpm'                   # our main job, scored the same way
-    python bench/plain_diffusers.py --score 'main job=runs/ddpm' --n 2048          # DDIM-50 again on 2,048 images
-    python bench/plain_diffusers.py --score lr3e-3=~/ddpm-runs/plain/lr3e-3 --n 2048
-    python bench/plain_diffusers.py --report --json bench/results/plain_diffusers.json   # and each SEEDS group's means
+    OMP_NUM_THREADS=1 python bench/archive/plain_diffusers.py --work lr1e-4 --lr 1e-4      # one run per core
+    OMP_NUM_THREADS=1 python bench/archive/plain_diffusers.py --work lr1e-3 --lr 1e-3
+    OMP_NUM_THREADS=1 python bench/archive/plain_diffusers.py --work lr3e-3-seed1 --lr 3e-3 --seed 1 --steps 2721   # lr3e-3's steps
+    python bench/archive/plain_diffusers.py --score 'main job=runs/ddpm'                   # our main job, scored the same way
+    python bench/archive/plain_diffusers.py --score 'main job=runs/ddpm' --n 2048          # DDIM-50 again on 2,048 images
+    python bench/archive/plain_diffusers.py --score lr3e-3=~/ddpm-runs/plain/lr3e-3 --n 2048
+    python bench/archive/plain_diffusers.py --report --json bench/results/plain_diffusers.json   # and each SEEDS group's means
 
 The loop is what diffusers' own unconditional training example does, at this project's batch size:
 - the network: `UNet2DModel` 16-32-64, one block per level, no attention (`budget_sweep.DIFFUSERS`, the diffusers
@@ -40,7 +40,9 @@ from ddpm_from_scratch.unet import fashion_unet
 from ddpm_from_scratch.experiments import load_bench_model
 from ddpm_from_scratch.fid import ImageEval
 
-from budget_sweep import DIFFUSERS  # bench/ is on the path when this runs as a script
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, for the live scripts it builds on
+from budget_sweep import DIFFUSERS  # a live script in bench/
 WARMUP, BS, TIMED, REPLAN = 500, 64, 20, 300
 
 def train(d:Path, lr:float, cpu_minutes:float, seed:int=0, steps:int=None):

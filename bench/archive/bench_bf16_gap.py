@@ -1,9 +1,9 @@
 """Why bfloat16 autocast stays short of 2x on this CPU: three ways a bfloat16 training step could be faster, timed beside
 the command line's own step, alternated within each round; and, with `--layers`, the network's commonest layers alone.
 
-    python bench/bench_bf16_gap.py [--channels 32,64,128] [--n_res 2] [--bs 64] [--rounds 3] [--steps 10] [--threads 2]
-    python bench/bench_bf16_gap.py --layers [--bs 64] [--rounds 5] [--threads 2]
-    python bench/bench_bf16_gap.py --ops [--channels 32,64,128] [--n_res 2] [--bs 64] [--rounds 2] [--steps 10]
+    python bench/archive/bench_bf16_gap.py [--channels 32,64,128] [--n_res 2] [--bs 64] [--rounds 3] [--steps 10] [--threads 2]
+    python bench/archive/bench_bf16_gap.py --layers [--bs 64] [--rounds 5] [--threads 2]
+    python bench/archive/bench_bf16_gap.py --ops [--channels 32,64,128] [--n_res 2] [--bs 64] [--rounds 2] [--steps 10]
 
 - 'recipe': `train.fit_recipe` with `precision='bf16'` (callbacks, EMA, lr schedule, data loading): what `ddpm_train`
   runs here;
@@ -34,7 +34,10 @@ import torch.nn.functional as F
 from ddpm_from_scratch.train import TrainConfig, build_model, fit_recipe
 from ddpm_from_scratch.learner import Callback
 
-from bench_precision import StepClock  # bench/ is on the path when this runs as a script
+from pathlib import Path
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, for the live scripts it builds on
+from bench_precision import StepClock  # a live script in bench/
 
 
 def bare(cfg, steps, bf16_weights=False, channels_last=False):

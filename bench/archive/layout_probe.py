@@ -2,10 +2,10 @@
 `UNet2DModel`, and that network with one part made like ours, trained like `budget_sweep.py`'s runs and scored like
 `bench_sampling_settings.py`.
 
-    python bench/layout_probe.py --measure            # seconds per step of each layout, 2 threads, machine idle
-    python bench/layout_probe.py --measure --only D,Dense,Dense-ours   # time these (again), side by side
-    OMP_NUM_THREADS=1 python bench/layout_probe.py --work NAME   # train one layout (run one per core), then score it
-    python bench/layout_probe.py --report --json bench/results/layout_probe.json   # every result, and the speeds
+    python bench/archive/layout_probe.py --measure            # seconds per step of each layout, 2 threads, machine idle
+    python bench/archive/layout_probe.py --measure --only D,Dense,Dense-ours   # time these (again), side by side
+    OMP_NUM_THREADS=1 python bench/archive/layout_probe.py --work NAME   # train one layout (run one per core), then score it
+    python bench/archive/layout_probe.py --report --json bench/results/layout_probe.json   # every result, and the speeds
 
 Every run uses the command line's recipe (`TrainConfig()`: batch 64, cosine schedule, lr 3e-3, EMA 0.999, bf16 where
 native) and is scored with DDIM-50, eta 1, not clamped, on 2,048 images (and each block of 512). Results go to
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from budget_sweep import DIFFUSERS
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, for the live scripts it builds on
+from budget_sweep import DIFFUSERS  # a live script in bench/
 
 from ddpm_from_scratch.train import TrainConfig, build_schedule, load_checkpoint, measure_step_seconds, train_ddpm
 from ddpm_from_scratch.ddim import generate

@@ -3,7 +3,7 @@
 This loop predates `ddpm_train`'s class conditioning, bf16 and time budget. The next version, `ddpm_fashion_v2`, was
 trained by `ddpm_train` itself (its JSON holds the command); this file stays while v1 ships, as v1's provenance.
 
-    python bench/train_reference.py --out ~/ddpm-runs/ref1 [--threads 2] [--ckpt_minutes 5]
+    python bench/archive/train_reference.py --out ~/ddpm-runs/ref1 [--threads 2] [--ckpt_minutes 5]
 
 Checkpoints atomically every `--ckpt_minutes` to OUT/ckpt.pt (model, EMA, optimiser, step, RNG states); rerunning
 the same command continues from it, and the learning-rate schedule and data order are functions of the step, so a
