@@ -181,6 +181,7 @@ def test_progress_in_a_log_is_a_few_plain_lines(trained, capsys):
     assert err.splitlines() == [f'ddim, batches of 64: {i}/3' for i in (1, 2, 3)], err
 
 
+@pytest.mark.slow
 def test_installed_scripts_report_errors_and_help(tmp_path):
     "The installed script: an `error:` line and status 2 for a mistake, no traceback; --help explains every flag."
     p = run('ddpm_sample', '--ckpt', 'nope.pt', cwd=tmp_path)
@@ -192,6 +193,7 @@ def test_installed_scripts_report_errors_and_help(tmp_path):
         for f in flags: assert f in text, (name, f)
 
 
+@pytest.mark.slow
 def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     "SIGKILL right after the first checkpoint; --resume trains the rest and ends where an uninterrupted run ends."
     args = ['--epochs', '3', *TINY]

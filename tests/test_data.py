@@ -53,6 +53,7 @@ def test_transform_and_collate_pickle(dsd):
     for o in (fashion_transform, f, tds['train']): pickle.loads(pickle.dumps(o))
 
 
+@pytest.mark.slow
 def test_dataloader_workers_under_spawn(dsd):
     "The Windows/macOS failure from the forum: workers started with `spawn` must be able to pickle everything."
     tds = dsd.with_transform(fashion_transform)

@@ -43,6 +43,7 @@ CUT_SCRIPT = textwrap.dedent(f'''
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or shutil.which('ddpm_train') is None, reason='needs torch.distributed and ddpm_train')
+@pytest.mark.slow
 def test_two_cpu_processes(tmp_path):
     exe = shutil.which('ddpm_train')
     # 1. a whole run, launched the documented way
@@ -71,6 +72,7 @@ def test_two_cpu_processes(tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or shutil.which('ddpm_train') is None, reason='needs torch.distributed and ddpm_train')
+@pytest.mark.slow
 def test_two_cpu_processes_share_one_time_budget(tmp_path):
     "--minutes under 2 processes: rank 0's first estimate and its re-plan are broadcast, so both ranks run the same steps."
     flags = ['--channels', '8,16', '--bs', '32', '--n_train', '256', '--n_steps', '50', '--samples', '0']  # the budget sets the steps

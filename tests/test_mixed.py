@@ -153,6 +153,7 @@ def test_accelerate_cb_single_process_trains():
 
 
 @pytest.mark.skipif(os.environ.get('DDPM_SKIP_MULTIPROCESS') == '1', reason='DDPM_SKIP_MULTIPROCESS=1')
+@pytest.mark.slow
 def test_accelerate_two_cpu_processes():
     """MULTI-PROCESS, ~20-30 s: launches bench/accelerate_two_cpu.py, which trains with AccelerateCB in two CPU
     processes (gloo) and checks both ranks ran on different batches, the loss fell, and the model copies agree."""
