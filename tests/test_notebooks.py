@@ -2,7 +2,7 @@
 
 `.ci/run_notebooks.py` runs a notebook and records each code cell's place in the run in its metadata (`run`), since
 `nbdev_clean` removes Jupyter's execution counts; these tests read that record."""
-import copy, json, shutil, subprocess, sys
+import copy, json, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +68,27 @@ def test_nbdev_clean_keeps_outputs_and_run_record(tmp_path):
     subprocess.run(['nbdev_clean', '--fname', str(nb)], cwd=tmp_path, check=True, capture_output=True)
     record = lambda p: [(c['metadata'].get('run'), c['outputs']) for c in code_cells(load(p))]
     assert record(nb) == record(src) and images(load(nb)) >= 1
+
+
+PROCESS = re.compile(r"\b[Ii]ssues? #?\d+|\bthe issue(?:'s)?\b|\bcommit\s+[0-9a-f]{7,40}\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"
+                     r"|~/|/home/|/root/|/work/|/Users/|\bsessions?\b|load average|by mistake|time ran out")
+
+def process_talk(text:str)->list:
+    "Phrases that speak of how the project was made rather than of the product: issue numbers, hashes, home paths, sessions."
+    return [text[max(0, m.start() - 30):m.end() + 30].replace('\n', ' ') for m in PROCESS.finditer(text)]
+
+def test_process_talk_is_found():
+    assert process_talk('see issue 11 and commit f284d84 in ~/runs') and process_talk('the session ran out')
+    assert not process_talk('a decade of effaced 1,998 steps; FID 4.83 at N=2048 with seed 0')
+
+def test_the_product_speaks_only_of_itself():
+    "No issue numbers, commit hashes, machine or home paths or accounts of the work in lessons, README or bench/README.md."
+    found = {}
+    for p in [*sorted((root / 'nbs').glob('*.ipynb'))]:
+        for i, c in enumerate(load(p)['cells']):
+            src = ''.join(c['source'])
+            text = src if c['cell_type'] == 'markdown' else '\n'.join(l.split('#', 1)[1] for l in src.splitlines() if '#' in l)
+            if hits := process_talk(text): found[f'{p.name} cell {i}'] = hits
+    for f in ('README.md', 'bench/README.md'):
+        if hits := process_talk((root / f).read_text()): found[f] = hits
+    assert found == {}, found
