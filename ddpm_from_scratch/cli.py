@@ -19,7 +19,7 @@ from .fid import evaluate
 from .guidance import guided_generate
 from .mixed import NonFiniteLossError
 from .train import (SampleConfig, TrainConfig, build_schedule, is_main, load_model, save_grid,
-                                     train_ddpm, _image_format, _out_dir, _sampler_kwargs)
+                                     train_ddpm, image_format, writable_dir, sampler_kwargs)
 
 # %% ../nbs/15_cli.ipynb #c0273987
 def run_cli(f, *args, **kwargs):
@@ -137,12 +137,12 @@ def ddpm_sample(
     "Sample images from a checkpoint and write them as an image grid (and optionally a tensor file)."
     def go():
         if n < 1: raise ValueError(f"--n must be positive, got {n}")
-        _image_format(out)
+        image_format(out)
         model, cfg = load_model(ckpt, ema=not raw)
         cs = _classes(classes, cfg, n)
         d = SampleConfig.default(None if cs is None else w)
-        kwargs = _sampler_kwargs(sampler, steps, d.eta if eta is None else eta, d.clip if clip is None else clip, cfg.n_steps)
-        _out_dir(Path(out).resolve().parent)
+        kwargs = sampler_kwargs(sampler, steps, d.eta if eta is None else eta, d.clip if clip is None else clip, cfg.n_steps)
+        writable_dir(Path(out).resolve().parent)
         imgs = _generate(model, cfg, n, sampler, kwargs, seed, _device(device), not quiet, cs, w)
         if cs is None: save_grid(imgs, out)
         else:
@@ -170,7 +170,7 @@ def ddpm_eval(
     def go():
         if n < 2: raise ValueError(f"--n must be at least 2 for FID, got {n}")
         model, cfg = load_model(ckpt)
-        kwargs = _sampler_kwargs(sampler, steps, eta, clip, cfg.n_steps)
+        kwargs = sampler_kwargs(sampler, steps, eta, clip, cfg.n_steps)
         t0 = time.time()
         dev = _device(device)
         imgs = _generate(model, cfg, n, sampler, kwargs, seed, dev, not quiet)

@@ -7,7 +7,8 @@ __all__ = ['CKPT_FORMAT', 'PRETRAINED', 'TrainConfig', 'build_model', 'build_sch
            'load_checkpoint', 'pretrained_path', 'model_from_checkpoint', 'shipped_models', 'load_model',
            'load_pretrained', 'warmup_cosine', 'WarmupCosineCB', 'global_step', 'ResumeCB', 'WarmupEMA', 'EMACB',
            'CheckpointCB', 'process_rank', 'is_main', 'unwrap', 'ShardBatchCB', 'RankLogCB', 'train_dls', 'fit_recipe',
-           'rank0_values', 'BudgetCB', 'measure_step_seconds', 'train_ddpm', 'image_grid', 'save_grid']
+           'rank0_values', 'BudgetCB', 'measure_step_seconds', 'writable_dir', 'train_ddpm', 'image_format',
+           'sampler_kwargs', 'image_grid', 'save_grid']
 
 # %% ../nbs/13_train.ipynb #de41c369
 import copy, hashlib, json, math, os, statistics, sys, time
@@ -455,7 +456,7 @@ def _new_dirs(path:Path)->list:
     while not path.exists() and path != path.parent: new.append(path); path = path.parent
     return new
 
-def _out_dir(path)->Path:
+def writable_dir(path)->Path:
     "Create `path` if needed and check it can be written; a `ValueError` otherwise."
     path = Path(path)
     try:
@@ -501,7 +502,7 @@ def train_ddpm(cfg:TrainConfig, # The run's configuration
     t0, created = time.time(), _new_dirs(out)
     progress = progress and is_main()
     try:
-        out = _out_dir(out)
+        out = writable_dir(out)
         ckpt_path, ck = out / 'checkpoint.pt', None
         if resume and not ckpt_path.exists():
             if is_main(): print(f"--resume: {ckpt_path} does not exist yet, so this run starts from the beginning.")
@@ -526,12 +527,12 @@ def train_ddpm(cfg:TrainConfig, # The run's configuration
     if n_samples and is_main():
         net = unwrap(learn.model) if learn.ema is None else learn.ema.model
         imgs = generate(net, build_schedule(cfg), n_samples, _S.sampler, seed=cfg.seed, progress=progress,
-                        **_sampler_kwargs(_S.sampler, min(sample_steps, cfg.n_steps), _S.eta, _S.clip, cfg.n_steps))
+                        **sampler_kwargs(_S.sampler, min(sample_steps, cfg.n_steps), _S.eta, _S.clip, cfg.n_steps))
         save_grid(imgs, out / 'samples.png')
     return ckpt_path
 
 # %% ../nbs/13_train.ipynb #5960e526
-def _image_format(path)->str:
+def image_format(path)->str:
     "The PIL format that `path`'s suffix names; a `ValueError` if PIL cannot write it."
     ext = Path(path).suffix.lower()
     fmt = Image.registered_extensions().get(ext)
@@ -540,7 +541,7 @@ def _image_format(path)->str:
                         f"use .png (lossless), .jpg, .bmp, .tif or .webp")
     return fmt
 
-def _sampler_kwargs(sampler:str, steps:int, eta:float, clip:bool, n_steps:int)->dict:
+def sampler_kwargs(sampler:str, steps:int, eta:float, clip:bool, n_steps:int)->dict:
     "The options of `sampler` among `steps`, `eta` and `clip` (checked); a `ValueError` for a bad value."
     if sampler not in SAMPLERS: raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
     opts = sampler_options(sampler)
@@ -580,7 +581,7 @@ def save_grid(imgs:torch.Tensor, # Images (N, 1, h, w) in [-1, 1]
               row_labels:list=None # A label for each row, written in a margin on the left
              ):
     "Write images as a grid (atomically, with the umask's file mode), upscaled `scale` times, in the format of `path`'s suffix."
-    fmt = _image_format(path)
+    fmt = image_format(path)
     im = Image.fromarray(image_grid(imgs, ncols))
     im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     if row_labels: im = _label_rows(im, row_labels, (imgs.shape[-2] + 2) * scale)
