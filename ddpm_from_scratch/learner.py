@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs', 'Learner',
-           'TrainCB', 'synthetic_regression', 'DeviceCB', 'MetricsCB', 'in_notebook', 'ProgressCB', 'SingleBatchCB',
-           'RecorderCB', 'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'one_cycle', 'LRFinderCB', 'lr_find', 'Hook',
-           'Hooks', 'append_stats', 'get_hist', 'get_min', 'HooksCallback', 'ActivationStats', 'GeneralRelu',
-           'init_weights']
+           'TrainCB', 'synthetic_regression', 'DeviceCB', 'format_log', 'MetricsCB', 'in_notebook', 'ProgressCB',
+           'SingleBatchCB', 'RecorderCB', 'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'one_cycle', 'LRFinderCB',
+           'lr_find', 'Hook', 'Hooks', 'append_stats', 'get_hist', 'get_min', 'HooksCallback', 'ActivationStats',
+           'GeneralRelu', 'init_weights']
 
 # %% ../nbs/01_learner.ipynb #afe7e75f
 import math, sys, time
@@ -170,6 +170,15 @@ def _to_cpu(x):
     if isinstance(x, (list, tuple)): return type(x)(_to_cpu(o) for o in x)
     return x.detach().cpu() if isinstance(x, torch.Tensor) else x
 
+def format_log(d:dict # A `MetricsCB` record: metrics, then `epoch`, `train` ('train' or 'eval') and `time`
+              )->str:
+    "One readable line for a record, e.g. `epoch 3 train  loss 0.123  accuracy 0.9  (2.1 s)`."
+    d = dict(d)
+    epoch, stage, secs = d.pop('epoch', None), d.pop('train', None), d.pop('time', None)
+    head = ' '.join(([f'epoch {epoch}'] if epoch is not None else []) + ([stage] if stage else []))
+    line = '  '.join(([head] if head else []) + [f'{k} {v}' for k, v in d.items()])
+    return line + (f'  ({secs} s)' if secs is not None else '')
+
 class MetricsCB(Callback):
     "Track torcheval metrics (updated with `(preds, target)`) and the mean loss; log them each epoch."
     def __init__(self, *ms, **metrics):
@@ -179,7 +188,7 @@ class MetricsCB(Callback):
         self.all_metrics['loss'] = self.loss = Mean()
         self.history = []
 
-    def _log(self, d): print(d)
+    def _log(self, d): print(format_log(d))
     def before_fit(self, learn): learn.metrics = self; self.log = self._log
     def before_epoch(self, learn):
         for m in self.all_metrics.values(): m.reset()
@@ -223,7 +232,7 @@ class ProgressCB(Callback):
         self.first = True
 
     def _log(self, d):
-        line = '  '.join(f'{k} {v}' for k, v in d.items())
+        line = format_log(d)
         if self.show_bars: tqdm.write(line, file=sys.stderr)
         else: print(line, flush=True)
 

@@ -159,3 +159,10 @@ def test_activation_stats_records_each_training_batch():
     Learner(model, dls, lr=0.01, cbs=[stats]).fit(1)
     (h,) = list(stats)
     assert len(h.stats[0]) == len(dls.train)
+
+
+def test_log_lines_read_naturally():
+    "A record prints as `epoch N stage  metrics  (seconds)`, not as its dict's keys and values in a row."
+    from ddpm_from_scratch.learner import format_log
+    assert format_log({'loss': 0.5, 'epoch': 2, 'train': 'eval', 'time': 0.3}) == 'epoch 2 eval  loss 0.5  (0.3 s)'
+    assert format_log({'accuracy': 0.9}) == 'accuracy 0.9'
