@@ -145,7 +145,7 @@ def class_grid(model, # Class-conditioned noise predictor
 def show_class_grid(grid:torch.Tensor, # The output of `class_grid`
                     scales, # The scales of its rows
                     labels=FASHION_LABELS, # Class names, for the column titles
-                    imsize:float=0.55, # Size of each image in inches
+                    imsize:float=0.7, # Size of each image in inches
                     real:torch.Tensor=None # Optional real images, one per column (cols, C, H, W): a first row 'real'
                    ):
     "One row per guidance scale (under a row of real images if given), one column per image, titled with the class names."
@@ -160,8 +160,8 @@ def show_class_grid(grid:torch.Tensor, # The output of `class_grid`
     for i in range(rows):
         for j in range(cols):
             show_image(grid[i, j], ax=axs[i, j])
-            if i == 0 and j % per == 0: axs[i, j].set_title(labels[j // per].split('/')[0][:7], fontsize=6)
-        axs[i, 0].text(-4, 16, names[i], ha='right', va='center', fontsize=7)
+            if i == 0 and j % per == 0: axs[i, j].set_title(labels[j // per].split('/')[0].replace(' ', '\n'), fontsize=8)
+        axs[i, 0].text(-4, 16, names[i], ha='right', va='center', fontsize=8)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return fig
 
