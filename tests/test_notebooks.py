@@ -73,6 +73,8 @@ def test_nbdev_clean_keeps_outputs_and_run_record(tmp_path):
 PROCESS = re.compile(r"\b[Ii]ssues? #?\d+|\bthe issue(?:'s)?\b|\bcommit\s+[0-9a-f]{7,40}\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"
                      r"|~/|/home/|/root/|/work/|/Users/|\bsessions?\b|load average|by mistake|time ran out")
 
+MACHINE_PATH = re.compile(r'/tmp/|/home/|/root/|/work/|/usr/|/Users/')  # also in code and in saved outputs
+
 def process_talk(text:str)->list:
     "Phrases that speak of how the project was made rather than of the product: issue numbers, hashes, home paths, sessions."
     return [text[max(0, m.start() - 30):m.end() + 30].replace('\n', ' ') for m in PROCESS.finditer(text)]
@@ -82,13 +84,17 @@ def test_process_talk_is_found():
     assert not process_talk('a decade of effaced 1,998 steps; FID 4.83 at N=2048 with seed 0')
 
 def test_the_product_speaks_only_of_itself():
-    "No issue numbers, commit hashes, machine or home paths or accounts of the work in lessons, README or bench/README.md."
+    """No issue numbers, commit hashes, machine or home paths or accounts of the work in lessons (their prose, code and
+    saved outputs), README or bench/README.md."""
     found = {}
     for p in [*sorted((root / 'nbs').glob('*.ipynb'))]:
         for i, c in enumerate(load(p)['cells']):
             src = ''.join(c['source'])
             text = src if c['cell_type'] == 'markdown' else '\n'.join(l.split('#', 1)[1] for l in src.splitlines() if '#' in l)
-            if hits := process_talk(text): found[f'{p.name} cell {i}'] = hits
+            shown = ''.join(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', '')) for o in c.get('outputs', []))
+            both = src + '\n' + shown
+            hits = process_talk(text) + [both[max(0, m.start() - 30):m.end() + 30] for m in MACHINE_PATH.finditer(both)]
+            if hits: found[f'{p.name} cell {i}'] = hits
     for f in ('README.md', 'bench/README.md'):
         if hits := process_talk((root / f).read_text()): found[f] = hits
     assert found == {}, found
