@@ -7,7 +7,7 @@ __all__ = ['FASHION_LABELS', 'SPLITS', 'MPS_NOTE', 'def_device', 'assets_path', 
            'load_fashion_mnist', 'load_hub_dataset', 'to_model_range', 'fashion_transform', 'fashion_tensors',
            'CollateDict', 'collate_dict', 'DataLoaders', 'fashion_dls', 'show_image', 'subplots', 'get_grid',
            'show_images', 'show_image_batch', 'show_beside', 'set_seed', 'default_device', 'to_device', 'model_device',
-           'eval_mode', 'atomic_write', 'interactive', 'progress_bar', 'format_table']
+           'eval_mode', 'atomic_write', 'in_notebook', 'interactive', 'progress_bar', 'format_table']
 
 # %% ../nbs/00_data.ipynb #cb32c28e
 import contextlib, os, random, socket, sys, tempfile, urllib.request, urllib.error, warnings
@@ -303,12 +303,14 @@ def atomic_write(path, # The file to (re)write
     return path
 
 # %% ../nbs/00_data.ipynb #8005ac77
+def in_notebook()->bool:
+    "True inside a Jupyter kernel."
+    try: return type(get_ipython()).__name__ == 'ZMQInteractiveShell'  # noqa: F821
+    except NameError: return False
+
 def interactive()->bool:
     "True in a Jupyter kernel or when stderr is a terminal: where a progress bar redraws in place."
-    try:
-        if type(get_ipython()).__name__ == 'ZMQInteractiveShell': return True  # noqa: F821
-    except NameError: pass
-    return sys.stderr.isatty()
+    return in_notebook() or sys.stderr.isatty()
 
 class _Lines:
     "Iterate `iterable`, printing `desc: i/n` to stderr at the first item and after each further fifth of them."

@@ -240,7 +240,7 @@ def generate(model, # Noise predictor; moved to `device` if one is given
     model = cpu_layout(model)
     g = torch.Generator(torch.device(device) if device is not None else model_device(model)).manual_seed(seed)
     batches = progress_bar(range(0, n, bs), f'{sampler}, batches of {bs}', disable=not progress or n <= bs)
-    steps = progress and interactive()  # a bar per batch redraws in place; in a log, the batches' lines are enough
-    imgs = [sample(model, (min(bs, n - i), *img_shape), schedule, sampler, generator=g, progress=steps or (progress and n <= bs),
+    steps = progress and (n <= bs or interactive())  # several batches in a log: their lines are enough, no step lines each
+    imgs = [sample(model, (min(bs, n - i), *img_shape), schedule, sampler, generator=g, progress=steps,
                    cond=None if cond is None else cond[i:i + bs], **options) for i in batches]
     return torch.cat([o.float().cpu() for o in imgs]).clamp(-1, 1)

@@ -7,22 +7,18 @@ __all__ = ['cfg_eps', 'guided_eps', 'GuidedModel', 'guided_sample', 'guided_gene
            'balanced_real', 'train_cfg', 'guidance_eval', 'guidance_table']
 
 # %% ../nbs/14_guidance.ipynb #35116a6f
-import math, numbers
+import math, numbers, time
 
 import torch
 from torch import nn
 
-from .data import FASHION_LABELS, subplots, show_image
-from .process import Schedule, randn, check_labels  # the label check DDPMCB uses
-from .ddim import generate, sample
-
-import time
+from .data import FASHION_LABELS, DataLoaders, fashion_tensors, format_table, set_seed, show_image, subplots
 from .classifier import accuracy, load_classifier
-from .data import DataLoaders, fashion_tensors, format_table, set_seed
-from .ddpm import DDPMCB, fit_ddpm
-from .fid import ImageEval
-from .process import linear_schedule
+from .process import Schedule, check_labels, linear_schedule, randn  # check_labels: the label check DDPMCB uses
 from .unet import UNet
+from .ddpm import DDPMCB, fit_ddpm
+from .ddim import generate, sample
+from .fid import ImageEval
 
 # %% ../nbs/14_guidance.ipynb #6788cc4d
 def _check_w(w)->float:

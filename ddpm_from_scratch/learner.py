@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs', 'with_cbs', 'Learner',
-           'TrainCB', 'synthetic_regression', 'DeviceCB', 'format_log', 'MetricsCB', 'in_notebook', 'ProgressCB',
-           'SingleBatchCB', 'RecorderCB', 'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'one_cycle', 'LRFinderCB',
-           'lr_find', 'Hook', 'Hooks', 'append_stats', 'get_hist', 'get_min', 'HooksCallback', 'ActivationStats',
-           'GeneralRelu', 'init_weights']
+           'TrainCB', 'synthetic_regression', 'DeviceCB', 'format_log', 'MetricsCB', 'ProgressCB', 'SingleBatchCB',
+           'RecorderCB', 'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'one_cycle', 'LRFinderCB', 'lr_find', 'Hook',
+           'Hooks', 'append_stats', 'get_hist', 'get_min', 'HooksCallback', 'ActivationStats', 'GeneralRelu',
+           'init_weights']
 
 # %% ../nbs/01_learner.ipynb #afe7e75f
 import math, sys, time
@@ -26,7 +26,7 @@ from torch.optim import lr_scheduler
 from torcheval.metrics import Mean
 from tqdm.std import tqdm
 
-from .data import DataLoaders, default_device, to_device, get_grid, show_image
+from .data import DataLoaders, default_device, to_device, get_grid, show_image, in_notebook, interactive
 
 # %% ../nbs/01_learner.ipynb #bcb26afd
 class CancelFitException(Exception): "Raise in a callback to stop the whole `fit`."
@@ -210,11 +210,6 @@ class MetricsCB(Callback):
         self.loss.update(_to_cpu(learn.loss), weight=n)
 
 # %% ../nbs/01_learner.ipynb #bf88258f
-def in_notebook()->bool:
-    "True inside a Jupyter kernel."
-    try: return type(get_ipython()).__name__ == 'ZMQInteractiveShell'  # noqa: F821
-    except NameError: return False
-
 class ProgressCB(Callback):
     "Progress bars (or plain lines when not interactive), and optionally a live loss plot."
     order = MetricsCB.order + 1
@@ -224,7 +219,7 @@ class ProgressCB(Callback):
                 ): fc.store_attr()
 
     def before_fit(self, learn):
-        self.show_bars = self.bars if self.bars is not None else (in_notebook() or sys.stderr.isatty())
+        self.show_bars = self.bars if self.bars is not None else interactive()
         self.epoch_bar = tqdm(learn.epochs, desc='epoch', leave=True, disable=not self.show_bars, file=sys.stderr)
         learn.epochs = self.epoch_bar
         self.losses, self.val_losses, self.handle = [], [], None
