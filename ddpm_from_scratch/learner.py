@@ -284,7 +284,7 @@ class RecorderCB(Callback):
         for k, v in self.d.items(): self.recs[k].append(v(self, learn))
     def plot(self, figsize=(6, 2)):
         fig, axs = plt.subplots(1, len(self.recs), figsize=figsize, squeeze=False)
-        for ax, (k, v) in zip(axs[0], self.recs.items()): ax.plot(v); ax.set_title(k)
+        for ax, (k, v) in zip(axs[0], self.recs.items()): ax.plot(v); ax.set_title(k); ax.set_xlabel('batch')
         return fig
 
 def _lr(cb, learn): return cb.pg['lr']
@@ -401,19 +401,24 @@ class ActivationStats(HooksCallback):
     def color_dim(self, figsize=(8, 2)):
         "Histograms of |activations| over batches, one image per layer (log scale)."
         fig, axes = get_grid(len(self), figsize=figsize, nrows=1)
-        for ax, h in zip(axes.flat, self):
-            show_image(get_hist(h), ax, origin='lower', aspect='auto', cmap='viridis')
+        for i, (ax, h) in enumerate(zip(axes.flat, self)):
+            ax.imshow(get_hist(h), origin='lower', aspect='auto', cmap='viridis')
+            ax.set_yticks([]); ax.set_title(f'layer {i}', fontsize=9); ax.set_xlabel('batch')
+        axes.flat[0].set_ylabel('|activation|, log bins')
     def dead_chart(self, figsize=(8, 2)):
         "Fraction of activations near zero over batches, one chart per layer."
         fig, axes = get_grid(len(self), figsize=figsize, nrows=1)
-        for ax, h in zip(axes.flat, self): ax.plot(get_min(h)); ax.set_ylim(0, 1)
+        for i, (ax, h) in enumerate(zip(axes.flat, self)):
+            ax.plot(get_min(h)); ax.set_ylim(0, 1); ax.set_title(f'layer {i}', fontsize=9); ax.set_xlabel('batch')
+        axes.flat[0].set_ylabel('share near zero')
     def plot_stats(self, figsize=(8, 2.5)):
         "Means and standard deviations of each layer's activations over batches."
         fig, axs = plt.subplots(1, 2, figsize=figsize)
         for h in self:
             for i in 0, 1: axs[i].plot(h.stats[i])
         axs[0].set_title('means'); axs[1].set_title('stdevs')
-        plt.legend(fc.L.range(self))
+        for ax in axs: ax.set_xlabel('batch')
+        axs[1].legend(fc.L.range(self), title='layer', fontsize=8)
 
 # %% ../nbs/01_learner.ipynb #7a373bd3
 class GeneralRelu(nn.Module):

@@ -112,7 +112,7 @@ def plot_loss_by_t(history:dict, # {updates: loss per bucket}, e.g. `LossByTCB.h
         ax.plot([(a + b - 1) / 2 for a, b in zip(e[:-1], e[1:])], baseline, 'k--', lw=1, label='pixel Gaussian')
     ax.set_yscale('log'); ax.set_xlabel('t'); ax.set_ylabel('noise MSE')
     if title: ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=8)
     return ax
 
 # %% ../nbs/16_time.ipynb #948d1cb5
