@@ -42,7 +42,7 @@ setuptools.setup(
     package_data={cfg['lib_name']: ['assets/*']},
     python_requires='>=' + cfg['min_python'],
     install_requires=_reqs('requirements'),
-    extras_require={'dev': _reqs('dev_requirements')},
+    extras_require={'dev': _reqs('dev_requirements'), 'docs': _reqs('docs_requirements')},
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d'],

@@ -14,7 +14,7 @@ def run_pytest():
         report = Path(d)/'pytest.xml'
         # two workers (pytest-xdist), one test module each at a time: module fixtures are built once
         workers = ['-n', os.environ.get('PYTEST_WORKERS', '2'), '--dist', 'loadscope']
-        rc = subprocess.call([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *workers, 'tests',
+        rc = subprocess.call([sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', *workers, 'tests',
                               f'--junitxml={report}'], cwd=root)
         if not report.exists(): return 0, 1  # pytest itself broke (e.g. a collection crash): count it as a failure
         suites = ET.parse(report).getroot().iter('testsuite')
