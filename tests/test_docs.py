@@ -198,3 +198,23 @@ def test_landing_page_and_lesson_show_their_figures(visits):
     assert front and front[0]['width'] > 500
     lesson = [i for i in visits[f'{LESSON}.html']['images'] if i['width']]
     assert len(lesson) >= 5, lesson
+
+
+def test_search_finds_a_lesson(browser, server):
+    "Sphinx's search runs in the page, offline: searching for `noisify` lists the notebook that writes it."
+    page = browser.new_page()
+    page.goto(server + 'search.html?q=noisify', wait_until='networkidle')
+    page.wait_for_selector('#search-results li', timeout=15_000)
+    hits = page.eval_on_selector_all('#search-results li a', 'els => els.map(a => a.getAttribute("href"))')
+    page.close()
+    assert any(h.startswith('06_process.html') for h in hits), hits
+
+
+def test_site_works_from_disk(browser, site):
+    "Opened as files, without a server, the relative links still lead from page to page."
+    page = browser.new_page()
+    page.goto((site / 'index.html').as_uri())
+    page.click('.sidebar-tree a[href="12_ddim.html"]')
+    page.wait_for_load_state()
+    assert page.url.endswith('12_ddim.html') and 'DDIM' in page.title()
+    page.close()
