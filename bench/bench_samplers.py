@@ -1,5 +1,5 @@
 """Sampler benchmark: FID, KID and seconds per image for DDPM (all steps) and DDIM (any steps, any eta), for one or
-more checkpoints, with the real-data floor at the same number of images N. The table is what notebook 17 shows.
+more checkpoints, with the real-data floor at the same number of images N. The table is what notebook 18 shows.
 
 Benchmark:   python bench/bench_samplers.py --n 256 --rows grid --model runs/a --model runs/b [--json results.json]
 Train a diffusers UNet2DModel with the command line's recipe (for the "ours vs diffusers" rows):

@@ -119,7 +119,7 @@ def build_schedule(cfg:TrainConfig)->Schedule:
 # %% ../nbs/13_train.ipynb #3a5ff5c1
 @dataclass(frozen=True)
 class SampleConfig:
-    "How the command line samples unless told otherwise: the settings that scored best in the sampler benchmark (notebook 17) and below."
+    "How the command line samples unless told otherwise: the settings that scored best in the sampler benchmark (notebook 18) and below."
     sampler:str = 'ddim'   # A sampler of the registry `ddim.SAMPLERS`
     steps:int = 50         # Sampling steps, for samplers that take them
     eta:float = 1.         # DDIM's noise: 0 deterministic, 1 DDPM-like (fresh noise at every step)

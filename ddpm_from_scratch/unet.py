@@ -197,7 +197,7 @@ def _check_t(x, t, time_cond, t_scale):
     t = torch.as_tensor(t, device=x.device)
     if t.ndim == 0: t = t.expand(len(x))
     if t.shape != (len(x),): raise ValueError(f"t must be a scalar or have shape ({len(x)},), got {tuple(t.shape)}")
-    if t.is_floating_point() and t_scale is not None and ((t < 0) | (t > 1)).any():
+    if t.is_floating_point() and t_scale is not None and t.device.type != 'meta' and ((t < 0) | (t > 1)).any():  # meta: no values
         raise ValueError(f"float t is continuous time in [0, 1] (multiplied by t_scale={t_scale}), "
                          f"got values in [{t.min().item():g}, {t.max().item():g}]: pass int64 steps, or "
                          f"build the model with t_scale=None if your loop already scales t.")

@@ -31,6 +31,7 @@ def tiny_unet():
     return make_tiny_unet
 
 
+import ddpm_from_scratch.ode  # registers the sigma samplers (euler, heun, dpmpp_2m, dpmpp_2m_sde) in ddim.SAMPLERS
 from ddpm_from_scratch.ddim import SAMPLERS  # here, not at the top: only the sampler fixture below needs it
 
 

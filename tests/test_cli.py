@@ -81,7 +81,9 @@ def test_sampling_flags_reach_the_sampler_and_repeat(trained):
 @pytest.mark.parametrize('args,words', [
     (['--steps', '-3'], ['--steps', 'positive']),
     (['--eta', '1.5'], ['--eta', '[0, 1]']),
-    (['--sampler', 'euler'], ['--sampler', 'ddpm', 'ddim']),
+    (['--sampler', 'plms'], ['--sampler', 'ddpm', 'ddim', 'dpmpp_2m_sde']),
+    (['--sampler', 'ddim', '--churn', '1'], ['--churn', 'heun']),
+    (['--sampler', 'ddim', '--karras', 'true'], ['--karras', 'not of ddim']),
     (['--n', '0'], ['--n']),
     (['--steps', '51'], ['--steps', 'T=50']),
     (['--out', 'grid.xyz'], ['unknown image suffix', '.xyz']),

@@ -428,10 +428,11 @@ def test_dataset_denoiser_samples_training_images():
 # ---------------------------------------------------------------- the registry
 
 def test_registry_names_options_and_dispatch():
-    assert SAMPLERS == {'ddpm': sample_ddpm, 'ddim': sample_ddim} and get_sampler('ddim') is sample_ddim
+    assert list(SAMPLERS)[:2] == ['ddpm', 'ddim'] and SAMPLERS['ddpm'] is sample_ddpm and get_sampler('ddim') is sample_ddim
+    assert set(SAMPLERS) == {'ddpm', 'ddim', 'euler', 'heun', 'dpmpp_2m', 'dpmpp_2m_sde'}  # the last four: registered by `ode`
     assert sampler_options('ddpm') == dict(clip=True, variance='beta')
     assert sampler_options('ddim') == dict(steps=50, eta=0., spacing='uniform', clip=True)
-    with pytest.raises(ValueError, match=r"one of \['ddpm', 'ddim'\]"): get_sampler('plms')
+    with pytest.raises(ValueError, match=r"one of \['ddpm', 'ddim', "): get_sampler('plms')
     s, m = linear_schedule(n_steps=20), TinyNet()
     a = sample(m, (2, 1, 8, 8), s, 'ddim', steps=5, generator=torch.Generator().manual_seed(0), progress=False)
     torch.testing.assert_close(a, sample_ddim(m, (2, 1, 8, 8), s, steps=5, generator=torch.Generator().manual_seed(0), progress=False))

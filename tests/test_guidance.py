@@ -198,7 +198,7 @@ def test_guided_sample_errors(tiny_unet, cond_unet):
     m, s = cond_unet(), sched()
     with pytest.raises(ValueError, match='this model has 10 classes'): guided_sample(m, s, [10], progress=False)
     with pytest.raises(ValueError, match='guidance scale w'): guided_sample(m, s, [1], w=-2., progress=False)
-    with pytest.raises(ValueError, match='euler'): guided_sample(m, s, [1], sampler='euler', progress=False)
+    with pytest.raises(ValueError, match='plms'): guided_sample(m, s, [1], sampler='plms', progress=False)
     with pytest.raises(TypeError, match='steps'): guided_sample(m, s, [1], sampler='ddim', stepz=3, progress=False)
     with pytest.raises(ValueError, match='2 images'): guided_sample(m, s, [1], x_T=torch.randn(2, 1, 16, 16), steps=3, progress=False)
     with pytest.raises(TypeError, match='class-conditioned'): class_grid(tiny_unet(), s)

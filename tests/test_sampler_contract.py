@@ -1,11 +1,12 @@
 """The sampler contract: every sampler registered in `ddim.SAMPLERS` (the `sampler` fixture in conftest.py) keeps the
 shared interface `f(model, x, schedule, *, generator=None, progress=True, callback=None, cond=None, **options)`.
-Registering a new sampler is enough to have it checked here."""
+Registering a new sampler is enough to have it checked here (conftest imports `ode`, which registers the sigma samplers)."""
 import inspect
 
 import torch
 
 from ddpm_from_scratch.ddim import sampler_options
+from ddpm_from_scratch.ode import nfe
 from ddpm_from_scratch.process import abar_cos, linear_schedule
 from ddpm_from_scratch.process import Schedule
 
@@ -59,20 +60,23 @@ def test_sampler_contract(tiny_unet, sampler, capsys):
         run(cm, SHAPE)
         assert cm.training == training and cm.model.training == training and not any(cm.modes)
 
-    # the callback: once per model call, in order, with the documented keys, chaining x_prev to the next x
+    # the callback: once per step, in order, with the documented keys, chaining x_prev to the next x; each step's t is
+    # one the model was called at; and the model is called as often as `nfe` says (a Heun step costs two calls)
     cm, seen = Counting(m), []
     out = run(cm, SHAPE, generator=gen(2), callback=seen.append)
-    assert len(seen) == len(cm.ts) >= 1 and [d['i'] for d in seen] == list(range(len(seen)))
+    assert len(cm.ts) == nfe(name, len(SCHED), **few) and len(seen) >= 1 and [d['i'] for d in seen] == list(range(len(seen)))
     assert all(set(d) == KEYS and d['x'].shape == d['x0'].shape == d['x_prev'].shape == SHAPE for d in seen)
-    assert [d['t'] for d in seen] == [t[0].item() for t in cm.ts]
+    scale = lambda t: (getattr(m, 't_scale', None) or 1) if t.is_floating_point() else 1  # a fractional step reaches our UNet as t / t_scale
+    called = iter([t[0].item() * scale(t) for t in cm.ts])
+    assert all(any(abs(d['t'] - c) <= 1e-4 * max(1, abs(c)) for c in called) for d in seen)  # a subsequence of the model's times
     assert all(a['t'] > b['t'] for a, b in zip(seen, seen[1:]))  # time runs backwards
     for a, b in zip(seen, seen[1:]): assert torch.equal(a['x_prev'], b['x'])
     assert torch.equal(seen[-1]['x_prev'], out)
 
     # the condition: one label per image reaches the model at every call, as `model(x_t, t, cond)`
     class Conditional(torch.nn.Module):
-        def __init__(self): super().__init__(); self.seen = []
-        def forward(self, x, t, c): self.seen.append(c.tolist()); return m(x, t)
+        def __init__(self): super().__init__(); self.seen, self.m = [], m
+        def forward(self, x, t, c): self.seen.append(c.tolist()); return self.m(x, t)
     cm = Conditional()
     run(cm, SHAPE, cond=[3, 7])
     assert cm.seen and all(c == [3, 7] for c in cm.seen)
