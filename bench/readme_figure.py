@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ddpm_from_scratch.guidance import balanced_real, guided_generate
-from ddpm_from_scratch.train import SampleConfig, build_schedule, load_pretrained, save_grid
+from ddpm_from_scratch.ode import SampleConfig
+from ddpm_from_scratch.train import build_schedule, load_pretrained, save_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ def main(argv=None):
     s = SampleConfig.default(a.w)
     classes = torch.arange(cfg.n_classes).repeat(a.rows)
     imgs = guided_generate(model, build_schedule(cfg), classes, a.w, s.sampler, a.seed, progress=False,
-                           steps=s.steps, eta=s.eta, clip=s.clip)
+                           **s.options())
     real, _ = balanced_real(1, 'test', cfg.n_classes)
     save_grid(torch.cat([real, imgs]), a.out, ncols=cfg.n_classes, row_labels=['real'] + ['generated'] * a.rows)
     print(f"wrote {a.out}: {cfg.n_classes} classes, 1 real row, {a.rows} generated rows (w={a.w:g}, {s.sampler}-{s.steps})")

@@ -14,12 +14,12 @@ import torch
 from fastcore.script import Param, bool_arg, call_parse
 
 from .data import FASHION_LABELS, atomic_write, default_device
-from .ddim import generate, sampler_options
+from .ddim import SAMPLERS, generate, sampler_options
 from .fid import evaluate
 from .guidance import guided_generate
 from .mixed import NonFiniteLossError
-from .ode import nfe  # importing ode also registers the sigma samplers (euler, heun, dpmpp_2m, dpmpp_2m_sde)
-from .train import (SampleConfig, TrainConfig, build_schedule, is_main, load_model, save_grid,
+from .ode import SampleConfig, nfe  # importing ode also registers the sigma samplers (euler, heun, dpmpp_2m, dpmpp_2m_sde)
+from .train import (TrainConfig, build_schedule, is_main, load_model, save_grid,
                                      train_ddpm, image_format, writable_dir, sampler_kwargs)
 
 # %% ../nbs/16_cli.ipynb #c0273987
@@ -74,6 +74,19 @@ def _solver_kwargs(kwargs:dict, sampler:str, karras:bool, churn:float)->dict:
     if karras is not None and 'karras' not in opts: raise ValueError(f"--karras is an option of euler, heun, dpmpp_2m and dpmpp_2m_sde, not of {sampler}")
     return {**kwargs, **({'karras': bool(karras)} if karras is not None else {}), **({'churn': churn} if churn else {})}
 
+def _sampling(sampler:str, steps:int, eta:float, clip:bool, karras:bool, churn:float, w:float, cfg:TrainConfig)->tuple:
+    "`(sampler, options)` from the flags: what is not given comes from `SampleConfig.default(w)`; a flag the sampler lacks is a `ValueError`."
+    d = SampleConfig.default(w)
+    if sampler is not None and sampler != d.sampler:
+        if sampler not in SAMPLERS: raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+        d = SampleConfig(sampler, sampler_options(sampler).get('steps', d.steps))  # another sampler: its own step count
+    opts = sampler_options(d.sampler)
+    for flag, v in (('eta', eta), ('clip', clip)):
+        if v is not None and flag not in opts: raise ValueError(f"--{flag} is an option of ddim{' and ddpm' if flag == 'clip' else ''}, not of {d.sampler}")
+    kwargs = sampler_kwargs(d.sampler, d.steps if steps is None else steps, d.eta if eta is None else eta,
+                            d.clip if clip is None else clip, cfg.n_steps)
+    return d.sampler, _solver_kwargs(kwargs, d.sampler, karras, churn)
+
 def _cost(sampler:str, kwargs:dict, cfg:TrainConfig)->str:
     "What a sampler setting costs, in words: its network evaluations per image."
     return f"{sampler}, {nfe(sampler, cfg.n_steps, **kwargs)} network evaluations per image"
@@ -124,7 +137,7 @@ def ddpm_train(
                           precision=precision, seed=seed)
         t0 = time.time()
         path = train_ddpm(cfg, out, resume=resume, device=_device(device), progress=not quiet, n_samples=samples,
-                          minutes=minutes, ckpt_minutes=ckpt_minutes)
+                          minutes=minutes, ckpt_minutes=ckpt_minutes, sampler=_S.sampler, sample_steps=_S.steps, sample_options=_S.options())
         if is_main(): print(f"checkpoint: {path}\nsamples: {Path(out) / 'samples.png'}\ntime: {time.time() - t0:.0f}s")
     return run_cli(go)
 
@@ -134,10 +147,10 @@ def ddpm_sample(
     ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to sample from: a file, a folder holding checkpoint.pt, 'pretrained' or a shipped model's name 
     out:str='samples.png', # Image grid to write; the suffix picks the format (.png, .jpg, ...)
     n:int=16, # Number of images
-    sampler:str=_S.sampler, # A sampler of the registry: ddpm (all steps), ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde
-    steps:int=_S.steps, # Sampling steps, for samplers that take them (ddpm always uses every step; a heun step costs two evaluations)
-    eta:float=None, # DDIM eta in [0, 1], 0 deterministic, 1 DDPM-like; default 1, or 0 when guiding with --w above 1
-    clip:Param("Clamp each step's x0 estimate to [-1, 1]: true or false; default false, or true when guiding with --w above 1", bool_arg)=None,
+    sampler:str=None, # ddpm (all steps), ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde; default dpmpp_2m_sde, or ddim when guiding with --w above 1
+    steps:int=None, # Sampling steps, for samplers that take them; default 25 (dpmpp_2m_sde), 50 (ddim); a heun step costs two evaluations
+    eta:float=None, # ddim only: eta in [0, 1], 0 deterministic, 1 DDPM-like; default 1, or 0 when guiding with --w above 1
+    clip:Param("ddim and ddpm: clamp each step's x0 estimate to [-1, 1], true or false; default false, or true when guiding with --w above 1", bool_arg)=None,
     karras:Param("euler, heun, dpmpp_2m(_sde): Karras spacing of the noise levels, true or false (the sampler's default if omitted)", bool_arg)=None,
     churn:float=0., # heun only: Karras et al.'s S_churn, fresh noise added at each step (0: the plain ODE)
     seed:int=0, # Random seed
@@ -154,17 +167,15 @@ def ddpm_sample(
         image_format(out)
         model, cfg = load_model(ckpt, ema=not raw)
         cs = _classes(classes, cfg, n)
-        d = SampleConfig.default(None if cs is None else w)
-        kwargs = sampler_kwargs(sampler, steps, d.eta if eta is None else eta, d.clip if clip is None else clip, cfg.n_steps)
-        kwargs = _solver_kwargs(kwargs, sampler, karras, churn)
+        sampler_, kwargs = _sampling(sampler, steps, eta, clip, karras, churn, None if cs is None else w, cfg)
         writable_dir(Path(out).resolve().parent)
-        imgs = _generate(model, cfg, n, sampler, kwargs, seed, _device(device), not quiet, cs, w)
+        imgs = _generate(model, cfg, n, sampler_, kwargs, seed, _device(device), not quiet, cs, w)
         if cs is None: save_grid(imgs, out)
         else:
             grid, ncols, labels = _by_class(imgs, cs)
             save_grid(grid, out, ncols=ncols, row_labels=labels)
         if tensor: atomic_write(Path(tensor), partial(torch.save, imgs))
-        print(f"wrote {n} images to {out}" + (f" and {tensor}" if tensor else '') + f" ({_cost(sampler, kwargs, cfg)})")
+        print(f"wrote {n} images to {out}" + (f" and {tensor}" if tensor else '') + f" ({_cost(sampler_, kwargs, cfg)})")
     return run_cli(go)
 
 # %% ../nbs/16_cli.ipynb #490f285c
@@ -172,10 +183,10 @@ def ddpm_sample(
 def ddpm_eval(
     ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to evaluate (or 'pretrained', or a shipped model's name)
     n:int=2048, # Number of generated images
-    sampler:str=_S.sampler, # A sampler of the registry: ddpm, ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde
-    steps:int=_S.steps, # Sampling steps, for samplers that take them
-    eta:float=_S.eta, # DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like
-    clip:Param("Clamp each step's x0 estimate to [-1, 1]: true or false", bool_arg)=_S.clip,
+    sampler:str=None, # ddpm, ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde; default dpmpp_2m_sde (SampleConfig)
+    steps:int=None, # Sampling steps, for samplers that take them; default 25 (dpmpp_2m_sde), 50 (ddim)
+    eta:float=None, # ddim only: eta in [0, 1], 0 deterministic, 1 DDPM-like; default 1
+    clip:Param("ddim and ddpm: clamp each step's x0 estimate to [-1, 1], true or false; default false", bool_arg)=None,
     karras:Param("euler, heun, dpmpp_2m(_sde): Karras spacing of the noise levels, true or false (the sampler's default if omitted)", bool_arg)=None,
     churn:float=0., # heun only: Karras et al.'s S_churn (0: the plain ODE)
     seed:int=0, # Random seed
@@ -187,13 +198,13 @@ def ddpm_eval(
     def go():
         if n < 2: raise ValueError(f"--n must be at least 2 for FID, got {n}")
         model, cfg = load_model(ckpt)
-        kwargs = _solver_kwargs(sampler_kwargs(sampler, steps, eta, clip, cfg.n_steps), sampler, karras, churn)
+        sampler_, kwargs = _sampling(sampler, steps, eta, clip, karras, churn, None, cfg)
         t0 = time.time()
         dev = _device(device)
-        imgs = _generate(model, cfg, n, sampler, kwargs, seed, dev, not quiet)
+        imgs = _generate(model, cfg, n, sampler_, kwargs, seed, dev, not quiet)
         secs = time.time() - t0
         r = evaluate(imgs, device=dev)
-        print(f"{n} samples ({_cost(sampler, kwargs, cfg)}; {kwargs.get('steps', cfg.n_steps)} steps, eta {kwargs.get('eta', '-')}, "
+        print(f"{n} samples ({_cost(sampler_, kwargs, cfg)}; {kwargs.get('steps', cfg.n_steps)} steps, eta {kwargs.get('eta', '-')}, "
               f"clip {kwargs.get('clip', '-')}) in {secs:.0f}s")
         print(f"FID {r['fid']:.2f}  KID {r['kid']:.4f}   real-data floor ({n} train images vs test): "
               f"FID {r['floor_fid']:.2f}  KID {r['floor_kid']:.4f}")

@@ -8,7 +8,8 @@ import torch
 from fastcore.script import anno_parser
 
 from ddpm_from_scratch import cli
-from ddpm_from_scratch.train import SampleConfig, TrainConfig, build_schedule, load_checkpoint, load_model
+from ddpm_from_scratch.ode import SampleConfig
+from ddpm_from_scratch.train import TrainConfig, build_schedule, load_checkpoint, load_model
 
 TINY = ['--channels', '8,16', '--bs', '64', '--n_train', '256', '--n_steps', '50', '--samples', '4', '--quiet']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'DDPM_DEVICE': 'cpu', 'MPLBACKEND': 'Agg'}
@@ -62,25 +63,30 @@ def test_sample_writes_grid_and_tensor(trained, sampler):
 
 
 def test_sampling_flags_reach_the_sampler_and_repeat(trained):
-    "Same seed, same images; --eta 0 and --clip true change them; the defaults are `generate` with SampleConfig's options."
+    "Same seed, same images; with --sampler ddim, --eta 0 and --clip true change them; the defaults are `generate` with SampleConfig's."
     outs = {}
-    for name, extra in (('default', []), ('again', []), ('eta0', ['--eta', '0']), ('clip', ['--clip', 'true']),
-                        ('noclip', ['--clip', 'false']), ('seed8', ['--seed', '8'])):
+    for name, extra in (('default', []), ('again', []), ('ddim', ['--sampler', 'ddim']), ('eta0', ['--sampler', 'ddim', '--eta', '0']),
+                        ('clip', ['--sampler', 'ddim', '--clip', 'true']), ('noclip', ['--sampler', 'ddim', '--clip', 'false']),
+                        ('seed8', ['--seed', '8'])):
         assert main('ddpm_sample', '--ckpt', 'run', '--n', '2', '--steps', '4', '--seed', '3', '--out', f'{name}.png',
                     '--tensor', f'{name}.pt', '--quiet', *extra, cwd=trained) == 0
         outs[name] = torch.load(trained / f'{name}.pt')
-    assert torch.equal(outs['default'], outs['again']) and torch.equal(outs['default'], outs['noclip'])
-    assert not any(torch.equal(outs['default'], outs[k]) for k in ('eta0', 'clip', 'seed8'))
+    assert torch.equal(outs['default'], outs['again']) and torch.equal(outs['ddim'], outs['noclip'])
+    assert not any(torch.equal(outs['default'], outs[k]) for k in ('ddim', 'seed8'))
+    assert not any(torch.equal(outs['ddim'], outs[k]) for k in ('eta0', 'clip'))
     model, cfg = load_model(trained / 'run')
     from ddpm_from_scratch.ddim import generate
     s = SampleConfig()
-    ref = generate(model, build_schedule(cfg), 2, s.sampler, seed=3, progress=False, steps=4, eta=s.eta, clip=s.clip)
+    ref = generate(model, build_schedule(cfg), 2, s.sampler, seed=3, progress=False, **{**s.options(), 'steps': 4})
     assert torch.allclose(outs['default'], ref, atol=1e-5)
+    ref = generate(model, build_schedule(cfg), 2, 'ddim', seed=3, progress=False, steps=4, eta=s.eta, clip=s.clip)
+    assert torch.allclose(outs['ddim'], ref, atol=1e-5)
 
 
 @pytest.mark.parametrize('args,words', [
     (['--steps', '-3'], ['--steps', 'positive']),
-    (['--eta', '1.5'], ['--eta', '[0, 1]']),
+    (['--sampler', 'ddim', '--eta', '1.5'], ['--eta', '[0, 1]']),
+    (['--eta', '0'], ['--eta', 'option of ddim', 'dpmpp_2m_sde']),
     (['--sampler', 'plms'], ['--sampler', 'ddpm', 'ddim', 'dpmpp_2m_sde']),
     (['--sampler', 'ddim', '--churn', '1'], ['--churn', 'heun']),
     (['--sampler', 'ddim', '--karras', 'true'], ['--karras', 'not of ddim']),
@@ -132,16 +138,20 @@ def test_flag_defaults_are_the_config_defaults():
 
 
 def test_sampling_flags_default_to_SampleConfig():
-    "ddpm_sample and ddpm_eval read their sampling defaults from SampleConfig: one home for them."
+    "ddpm_sample and ddpm_eval take what is not given from SampleConfig.default(w): one home for the defaults."
     s = SampleConfig()
-    assert (s.eta, s.clip) == (1., False)   # the measured setting, not DDIM's textbook default
-    assert SampleConfig.default(3.) == SampleConfig(eta=0., clip=True)   # guidance above 1: the textbook setting measured best
+    assert (s.sampler, s.steps) == ('dpmpp_2m_sde', 25) and (s.eta, s.clip) == (1., False)   # the measured setting
+    assert SampleConfig.default(3.) == SampleConfig('ddim', 50, 0., True)   # guidance above 1: the textbook DDIM measured best
     assert SampleConfig.default(1.) == SampleConfig.default(None) == s
-    ev = inspect.signature(cli.ddpm_eval.__wrapped__).parameters
-    for name in ('sampler', 'steps', 'eta', 'clip'): assert ev[name].default == getattr(s, name), name
-    sp = inspect.signature(cli.ddpm_sample.__wrapped__).parameters
-    assert (sp['sampler'].default, sp['steps'].default) == (s.sampler, s.steps)
-    assert sp['eta'].default is None and sp['clip'].default is None   # resolved by SampleConfig.default(w)
+    for f in (cli.ddpm_eval, cli.ddpm_sample):
+        ps = inspect.signature(f.__wrapped__).parameters
+        assert all(ps[k].default is None for k in ('sampler', 'steps', 'eta', 'clip'))   # resolved by SampleConfig.default(w)
+    cfg = TrainConfig(channels=(8, 16), n_steps=50, bs=8, n_train=8)
+    assert cli._sampling(None, None, None, None, None, 0., None, cfg) == ('dpmpp_2m_sde', dict(steps=25))
+    assert cli._sampling(None, None, None, None, None, 0., 3., cfg) == ('ddim', dict(steps=50, eta=0., clip=True))
+    assert cli._sampling('ddim', None, None, None, None, 0., None, cfg) == ('ddim', dict(steps=50, eta=1., clip=False))
+    assert cli._sampling('heun', 5, None, None, False, 2., None, cfg) == ('heun', dict(steps=5, karras=False, churn=2.))
+    with pytest.raises(ValueError, match='--eta is an option of ddim'): cli._sampling(None, None, 0., None, None, 0., None, cfg)
 
 
 def test_class_conditional_sampling(tmp_path, capsys):
@@ -180,7 +190,7 @@ def test_progress_in_a_log_is_a_few_plain_lines(trained, capsys):
     assert '\r' not in err and 2 <= len(err.splitlines()) <= 8, err
     assert main('ddpm_sample', '--ckpt', 'run', '--n', '130', '--steps', '2', '--out', 'log.png', cwd=trained) == 0
     err = capsys.readouterr().err   # three batches of 64: a line per batch, no per-step lines
-    assert err.splitlines() == [f'ddim, batches of 64: {i}/3' for i in (1, 2, 3)], err
+    assert err.splitlines() == [f'dpmpp_2m_sde, batches of 64: {i}/3' for i in (1, 2, 3)], err
 
 
 @pytest.mark.slow

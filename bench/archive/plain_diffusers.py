@@ -22,7 +22,7 @@ The loop is what diffusers' own unconditional training example does, at this pro
 Scoring (N=512, seed 0, batches of 64, the test split, floor beside it):
 - 'diffusers DDPM-1000': `DDPMScheduler.step` over its 1,000 timesteps, as `DDPMPipeline` samples (clipped x0,
   the posterior variance);
-- 'ours DDIM-50': `ddim.generate` with the command line's default (`SampleConfig`: DDIM-50, eta 1, not clamped).
+- 'ours DDIM-50': `ddim.generate` with the command line's default of the time: DDIM-50, eta 1, not clamped.
 Training checkpoints every 3 minutes (state.pt), and the DDPM batches are saved one by one: a killed run resumes.
 """
 import argparse, json, math, time
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ddpm_from_scratch.train import SampleConfig, TrainConfig, build_schedule, save_checkpoint
+from ddpm_from_scratch.train import TrainConfig, build_schedule, save_checkpoint
 from ddpm_from_scratch.data import atomic_write, fashion_tensors, set_seed
 from ddpm_from_scratch.ddim import generate
 from ddpm_from_scratch.unet import fashion_unet
@@ -139,10 +139,9 @@ def main():
     p.add_argument('--json', default=None, help='with --report: also write them all to this file')
     a = p.parse_args()
     root = Path(a.root)
-    s = SampleConfig()
-    def ours_row(model, schedule, ev):
+    def ours_row(model, schedule, ev):  # DDIM-50, eta 1, not clamped: the command line's default when these runs were made
         c = time.process_time()
-        imgs = generate(model, schedule, a.n, s.sampler, seed=0, progress=False, steps=s.steps, eta=s.eta, clip=s.clip)
+        imgs = generate(model, schedule, a.n, 'ddim', seed=0, progress=False, steps=50, eta=1., clip=False)
         return dict(fid=ev.scores(imgs)['fid'], cpu_s=time.process_time() - c)
     if a.score:
         name, ck = a.score.split('=', 1)
