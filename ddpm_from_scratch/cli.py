@@ -79,12 +79,14 @@ def _sampling(sampler:str, steps:int, eta:float, clip:bool, karras:bool, churn:f
     d = SampleConfig.default(w)
     if sampler is not None and sampler != d.sampler:
         if sampler not in SAMPLERS: raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
-        d = SampleConfig(sampler, sampler_options(sampler).get('steps', d.steps))  # another sampler: its own step count
+        own = sampler_options(sampler)  # another sampler: its own step count and spacing
+        d = SampleConfig(sampler, own.get('steps', d.steps), own.get('karras', False))
     opts = sampler_options(d.sampler)
     for flag, v in (('eta', eta), ('clip', clip)):
         if v is not None and flag not in opts: raise ValueError(f"--{flag} is an option of ddim{' and ddpm' if flag == 'clip' else ''}, not of {d.sampler}")
     kwargs = sampler_kwargs(d.sampler, d.steps if steps is None else steps, d.eta if eta is None else eta,
                             d.clip if clip is None else clip, cfg.n_steps)
+    if karras is None and 'karras' in opts: karras = d.karras
     return d.sampler, _solver_kwargs(kwargs, d.sampler, karras, churn)
 
 def _cost(sampler:str, kwargs:dict, cfg:TrainConfig)->str:
@@ -147,8 +149,8 @@ def ddpm_sample(
     ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to sample from: a file, a folder holding checkpoint.pt, 'pretrained' or a shipped model's name 
     out:str='samples.png', # Image grid to write; the suffix picks the format (.png, .jpg, ...)
     n:int=16, # Number of images
-    sampler:str=None, # ddpm (all steps), ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde; default dpmpp_2m_sde, or ddim when guiding with --w above 1
-    steps:int=None, # Sampling steps, for samplers that take them; default 25 (dpmpp_2m_sde), 50 (ddim); a heun step costs two evaluations
+    sampler:str=None, # ddpm (all steps), ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde; default dpmpp_2m_sde (20 Karras steps), or ddim when guiding with --w above 1
+    steps:int=None, # Sampling steps, for samplers that take them; default 20 (dpmpp_2m_sde), 50 (ddim); a heun step costs two evaluations
     eta:float=None, # ddim only: eta in [0, 1], 0 deterministic, 1 DDPM-like; default 1, or 0 when guiding with --w above 1
     clip:Param("ddim and ddpm: clamp each step's x0 estimate to [-1, 1], true or false; default false, or true when guiding with --w above 1", bool_arg)=None,
     karras:Param("euler, heun, dpmpp_2m(_sde): Karras spacing of the noise levels, true or false (the sampler's default if omitted)", bool_arg)=None,
@@ -184,7 +186,7 @@ def ddpm_eval(
     ckpt:str='runs/ddpm/checkpoint.pt', # Checkpoint to evaluate (or 'pretrained', or a shipped model's name)
     n:int=2048, # Number of generated images
     sampler:str=None, # ddpm, ddim, euler, heun, dpmpp_2m or dpmpp_2m_sde; default dpmpp_2m_sde (SampleConfig)
-    steps:int=None, # Sampling steps, for samplers that take them; default 25 (dpmpp_2m_sde), 50 (ddim)
+    steps:int=None, # Sampling steps, for samplers that take them; default 20 (dpmpp_2m_sde), 50 (ddim)
     eta:float=None, # ddim only: eta in [0, 1], 0 deterministic, 1 DDPM-like; default 1
     clip:Param("ddim and ddpm: clamp each step's x0 estimate to [-1, 1], true or false; default false", bool_arg)=None,
     karras:Param("euler, heun, dpmpp_2m(_sde): Karras spacing of the noise levels, true or false (the sampler's default if omitted)", bool_arg)=None,

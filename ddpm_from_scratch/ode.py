@@ -6,7 +6,7 @@
 __all__ = ['SIGMA_SAMPLERS', 'schedule_sigmas', 'sigma_to_t', 'Denoiser', 'karras_sigmas', 'sigma_grid', 'sample_euler',
            'sample_heun', 'sample_dpmpp_2m', 'sample_dpmpp_2m_sde', 'nfe', 'SampleConfig']
 
-# %% ../nbs/14_ode.ipynb #1994f637
+# %% ../nbs/14_ode.ipynb #96bef912
 import math, numbers
 from dataclasses import dataclass
 
@@ -18,21 +18,21 @@ from .ddim import SAMPLERS, _check_steps, sampler_options
 from .process import Schedule, _check_schedule, predict_noise, randn
 from .sampling import sampler_cond, sampling_device, start_noise
 
-# %% ../nbs/14_ode.ipynb #ca404c7a
+# %% ../nbs/14_ode.ipynb #cdae649b
 def schedule_sigmas(schedule:Schedule # A discrete schedule
                    )->torch.Tensor:
     "The noise level sigma = sqrt((1 - alpha-bar) / alpha-bar) at every training step (float64, increasing with t)."
     ab = _discrete(schedule).alpha_bar.detach().cpu().double()
     return ((1 - ab) / ab).sqrt()
 
-# %% ../nbs/14_ode.ipynb #5ac036a6
+# %% ../nbs/14_ode.ipynb #2c8f7fa3
 def _discrete(schedule)->Schedule:
     if _check_schedule(schedule).is_continuous:
         raise TypeError("the sigma samplers (euler, heun, dpmpp_2m, dpmpp_2m_sde) need a discrete schedule; "
                         "for continuous time use sample_ddim")
     return schedule
 
-# %% ../nbs/14_ode.ipynb #e4dfa963
+# %% ../nbs/14_ode.ipynb #39a67f7b
 def sigma_to_t(sigma, # Noise levels (a number or a tensor)
                sigmas:torch.Tensor # `schedule_sigmas(schedule)`
               )->torch.Tensor:
@@ -61,7 +61,7 @@ class Denoiser:
 
     def __call__(self, x, sigma:float, t:float)->torch.Tensor: return x - sigma * self.eps(x, sigma, t)
 
-# %% ../nbs/14_ode.ipynb #e2555425
+# %% ../nbs/14_ode.ipynb #78376bff
 def karras_sigmas(sigma_min:float, sigma_max:float, # The noise levels at the two ends
                   n:int, # Number of levels
                   rho:float=7. # Larger rho: more levels near sigma_min
@@ -88,7 +88,7 @@ def sigma_grid(schedule:Schedule, # A discrete schedule
     sig = sig.float().double()  # the float32 values diffusers' schedulers use, so the two agree to the last digits
     return torch.cat([sig, sig.new_zeros(1)]), ts
 
-# %% ../nbs/14_ode.ipynb #da576add
+# %% ../nbs/14_ode.ipynb #c805baaa
 def _vp(x, sigma:float): return x / math.sqrt(1 + sigma ** 2)  # from the sigma scale to the network's
 
 def _start(model, x, schedule, generator, cond, steps, karras, int_steps=False):
@@ -97,7 +97,7 @@ def _start(model, x, schedule, generator, cond, steps, karras, int_steps=False):
     x = start_noise(x, generator, sampling_device(model, x))
     return sigmas, ts, x, Denoiser(model, sampler_cond(cond, x), int_steps)
 
-# %% ../nbs/14_ode.ipynb #51bd7aa3
+# %% ../nbs/14_ode.ipynb #3bc7c074
 def sample_euler(model, # Noise predictor `model(x_t, t)`, with int or fractional steps t
                  x, # Output shape, e.g. (16, 1, 32, 32), or the starting noise x_T
                  schedule:Schedule, # The discrete schedule it was trained with
@@ -121,7 +121,7 @@ def sample_euler(model, # Noise predictor `model(x_t, t)`, with int or fractiona
             x = x_next
     return x
 
-# %% ../nbs/14_ode.ipynb #bb228100
+# %% ../nbs/14_ode.ipynb #6858c5f6
 def sample_heun(model, # Noise predictor `model(x_t, t)`, with int or fractional steps t
                 x, # Output shape or the starting noise x_T
                 schedule:Schedule, # The discrete schedule it was trained with
@@ -155,7 +155,7 @@ def sample_heun(model, # Noise predictor `model(x_t, t)`, with int or fractional
             x = x_next
     return x
 
-# %% ../nbs/14_ode.ipynb #b10f8c1d
+# %% ../nbs/14_ode.ipynb #3bfd62e4
 def _dpmpp_2m(model, x, schedule, generator, progress, callback, cond, steps, karras, sde, order=2):
     "DPM-Solver++(2M), or its SDE form, in the network's scale; `order=1` is DDIM (eta 0, or eta 1 for the SDE)."
     sigmas, ts, x, D = _start(model, x, schedule, generator, cond, steps, karras, int_steps=True)
@@ -208,7 +208,7 @@ def sample_dpmpp_2m_sde(model, # Noise predictor `model(x_t, t)`, called at inte
     "DPM-Solver++(2M) SDE: the second-order solver of the reverse SDE; at first order it is DDIM with eta 1."
     return _dpmpp_2m(model, x, schedule, generator, progress, callback, cond, steps, karras, sde=True)
 
-# %% ../nbs/14_ode.ipynb #6d8c83a1
+# %% ../nbs/14_ode.ipynb #35f3318d
 SIGMA_SAMPLERS = {'euler': sample_euler, 'heun': sample_heun, 'dpmpp_2m': sample_dpmpp_2m, 'dpmpp_2m_sde': sample_dpmpp_2m_sde}
 SAMPLERS.update(SIGMA_SAMPLERS)
 
@@ -221,22 +221,23 @@ def nfe(sampler:str, # A key of `ddim.SAMPLERS`
     steps = options.get('steps', sampler_options(sampler)['steps'])
     return 2 * steps - 1 if sampler == 'heun' else steps
 
-# %% ../nbs/14_ode.ipynb #9a33a0cc
+# %% ../nbs/14_ode.ipynb #ba18eb7c
 @dataclass(frozen=True)
 class SampleConfig:
     "How the command line samples unless told otherwise: the settings that measured best for their cost."
     sampler:str = 'dpmpp_2m_sde'  # A sampler of the registry `ddim.SAMPLERS`
-    steps:int = 25                # Sampling steps (for this sampler: network evaluations)
+    steps:int = 20                # Sampling steps (for this sampler: network evaluations)
+    karras:bool = True            # euler, heun, dpmpp_2m(_sde): Karras spacing of the noise levels
     eta:float = 1.                # DDIM only: its noise, 0 deterministic, 1 DDPM-like
     clip:bool = False             # DDIM only: clamp each x0_hat to [-1, 1]
 
     @classmethod
     def default(cls, w:float=None # Guidance scale, None when not guiding
                )->'SampleConfig':
-        "The measured best for guidance scale `w`: DPM-Solver++(2M) SDE in 25 steps, but DDIM-50 with eta 0 and clamping when guiding with w > 1."
-        return cls('ddim', 50, 0., True) if w is not None and w > 1 else cls()
+        "The measured best for guidance scale `w`: DPM-Solver++(2M) SDE in 20 Karras steps, but DDIM-50 with eta 0 and clamping when guiding with w > 1."
+        return cls(sampler='ddim', steps=50, eta=0., clip=True) if w is not None and w > 1 else cls()
 
     def options(self)->dict:
-        "The sampler's own options among steps, eta and clip: what to pass to `sample` or `generate`."
+        "The sampler's own options among steps, karras, eta and clip: what to pass to `sample` or `generate`."
         opts = sampler_options(self.sampler)
-        return {k: v for k, v in dict(steps=self.steps, eta=self.eta, clip=self.clip).items() if k in opts}
+        return {k: v for k, v in dict(steps=self.steps, karras=self.karras, eta=self.eta, clip=self.clip).items() if k in opts}

@@ -140,14 +140,15 @@ def test_flag_defaults_are_the_config_defaults():
 def test_sampling_flags_default_to_SampleConfig():
     "ddpm_sample and ddpm_eval take what is not given from SampleConfig.default(w): one home for the defaults."
     s = SampleConfig()
-    assert (s.sampler, s.steps) == ('dpmpp_2m_sde', 25) and (s.eta, s.clip) == (1., False)   # the measured setting
-    assert SampleConfig.default(3.) == SampleConfig('ddim', 50, 0., True)   # guidance above 1: the textbook DDIM measured best
+    assert (s.sampler, s.steps, s.karras) == ('dpmpp_2m_sde', 20, True) and (s.eta, s.clip) == (1., False)   # the measured setting
+    assert SampleConfig.default(3.) == SampleConfig(sampler='ddim', steps=50, eta=0., clip=True)   # guidance above 1: the textbook DDIM
     assert SampleConfig.default(1.) == SampleConfig.default(None) == s
     for f in (cli.ddpm_eval, cli.ddpm_sample):
         ps = inspect.signature(f.__wrapped__).parameters
         assert all(ps[k].default is None for k in ('sampler', 'steps', 'eta', 'clip'))   # resolved by SampleConfig.default(w)
     cfg = TrainConfig(channels=(8, 16), n_steps=50, bs=8, n_train=8)
-    assert cli._sampling(None, None, None, None, None, 0., None, cfg) == ('dpmpp_2m_sde', dict(steps=25))
+    assert cli._sampling(None, None, None, None, None, 0., None, cfg) == ('dpmpp_2m_sde', dict(steps=20, karras=True))
+    assert cli._sampling('dpmpp_2m', None, None, None, None, 0., None, cfg) == ('dpmpp_2m', dict(steps=20, karras=False))
     assert cli._sampling(None, None, None, None, None, 0., 3., cfg) == ('ddim', dict(steps=50, eta=0., clip=True))
     assert cli._sampling('ddim', None, None, None, None, 0., None, cfg) == ('ddim', dict(steps=50, eta=1., clip=False))
     assert cli._sampling('heun', 5, None, None, False, 2., None, cfg) == ('heun', dict(steps=5, karras=False, churn=2.))
