@@ -122,6 +122,10 @@ def ddpm_train(
     schedule:Param("Noise schedule: linear or cosine", str)=_D.schedule,
     n_steps:int=_D.n_steps, # Diffusion steps T
     ema:float=_D.ema, # EMA decay of the weights; 0 turns it off
+    pred:Param("What the network predicts: eps (the noise) or v (the velocity)", str)=_D.pred,
+    weighting:Param("The loss's weight per noise level: uniform or min_snr", str)=_D.weighting,
+    snr_gamma:float=_D.snr_gamma, # With --weighting min_snr: the SNR above which the weight stops growing
+    phema_every:int=_D.phema_every, # Post-hoc EMA: save two power-function averages every this many steps (0: off)
     precision:Param("auto (bf16 where the device has it natively, else fp32), fp32, bf16 or fp16", str)=_D.precision,
     minutes:float=None, # Time budget in minutes: the number of steps is set from the measured speed (instead of --epochs)
     ckpt_minutes:float=5., # Minutes between checkpoints within an epoch
@@ -135,8 +139,8 @@ def ddpm_train(
     def go():
         cfg = TrainConfig(channels=_ints(channels, 'channels'), n_res=n_res, attn_res=_ints(attn_res, 'attn_res'), skip=skip, mid=mid,
                           n_classes=n_classes or None, p_uncond=p_uncond, schedule=schedule, n_steps=n_steps,
-                          epochs=epochs, bs=bs, lr=lr, warmup=warmup, n_train=n_train, ema=ema,
-                          precision=precision, seed=seed)
+                          epochs=epochs, bs=bs, lr=lr, warmup=warmup, n_train=n_train, ema=ema, pred=pred, weighting=weighting,
+                          snr_gamma=snr_gamma, phema_every=phema_every, precision=precision, seed=seed)
         t0 = time.time()
         path = train_ddpm(cfg, out, resume=resume, device=_device(device), progress=not quiet, n_samples=samples,
                           minutes=minutes, ckpt_minutes=ckpt_minutes, sampler=_S.sampler, sample_steps=_S.steps, sample_options=_S.options())
