@@ -92,7 +92,7 @@ class DDPMCB(TrainCB):
         "The fraction of training labels dropped so far (nan before any labelled batch)."
         return self.n_dropped / self.n_labels if self.n_labels else float('nan')
 
-# %% ../nbs/07_ddpm_callback.ipynb #ace032ae
+# %% ../nbs/07_ddpm_callback.ipynb #60709209
 PREDICTIONS = ('eps', 'v')           # what a network can be trained to predict
 WEIGHTINGS = ('uniform', 'min_snr')  # how the loss weighs the noise levels
 
@@ -135,7 +135,7 @@ def loss_weights(abar, # alpha-bar of each sample's noise level (a number or (B,
     if weighting == 'uniform': return torch.ones_like(s)
     return s.clamp(max=gamma) / (s if pred == 'eps' else s + 1)
 
-# %% ../nbs/07_ddpm_callback.ipynb #c1e64925
+# %% ../nbs/07_ddpm_callback.ipynb #e2773f86
 class NoisePredictor(nn.Module):
     "A network trained to predict `pred`, seen as a noise predictor `model(x_t, t[, c])`: the one place a prediction becomes noise."
     def __init__(self, net:nn.Module, # The network, called as `net(x_t, t[, c])`

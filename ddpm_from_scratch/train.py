@@ -9,7 +9,8 @@ __all__ = ['CKPT_FORMAT', 'PRETRAINED', 'PHEMA_SIGMA_RELS', 'TrainConfig', 'buil
            'EMACB', 'CheckpointCB', 'sigma_rel_to_gamma', 'power_ema_beta', 'PowerEMACB', 'phema_profiles',
            'phema_coefficients', 'phema_snapshots', 'reconstruct_phema', 'process_rank', 'is_main', 'unwrap',
            'ShardBatchCB', 'RankLogCB', 'train_dls', 'fit_recipe', 'rank0_values', 'BudgetCB', 'measure_step_seconds',
-           'writable_dir', 'train_ddpm', 'image_format', 'sampler_kwargs', 'image_grid', 'save_grid']
+           'writable_dir', 'train_ddpm', 'phema_checkpoint', 'choose_phema', 'image_format', 'sampler_kwargs',
+           'image_grid', 'save_grid']
 
 # %% ../nbs/13_train.ipynb #de41c369
 import copy, hashlib, json, math, os, statistics, sys, time
@@ -25,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 
 import ddpm_from_scratch
 from .data import DataLoaders, assets_path, atomic_write, default_device, fashion_tensors, set_seed
+from .fid import ImageEval
 from .process import SCHEDULES, Schedule
 from .ddpm import PREDICTIONS, WEIGHTINGS, DDPMCB, NoisePredictor, adam_opt, fit_ddpm
 from .ddim import SAMPLERS, generate, sampler_options
@@ -303,7 +305,7 @@ class CheckpointCB(Callback):
                         cpu_seconds=self.cpu0 + time.process_time() - self.cpu_start, **self.extra)
         self.last = time.time()
 
-# %% ../nbs/13_train.ipynb #80920855
+# %% ../nbs/13_train.ipynb #faab68d7
 PHEMA_SIGMA_RELS = (0.05, 0.10)  # the relative lengths of the two averages tracked while training (EDM2's)
 
 def sigma_rel_to_gamma(sigma_rel:float # Length of the average relative to the run, in (0, 0.28)
@@ -359,7 +361,7 @@ class PowerEMACB(Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.folder / f'phema-{self.n:07d}.pt', partial(torch.save, self.state_dict()))
 
-# %% ../nbs/13_train.ipynb #3713ea88
+# %% ../nbs/13_train.ipynb #ed567440
 def phema_profiles(steps, # The step each average was taken at (K,)
                    gammas, # Their exponents (K,)
                    n:int=None # Steps of the run; the largest of `steps` if None
@@ -641,6 +643,43 @@ def train_ddpm(cfg:TrainConfig, # The run's configuration
         imgs = generate(net, build_schedule(cfg), n_samples, sampler, seed=cfg.seed, progress=progress, **opts)
         save_grid(imgs, out / 'samples.png')
     return ckpt_path
+
+# %% ../nbs/13_train.ipynb #708717d9
+def phema_checkpoint(run, # A run's folder (checkpoint.pt and phema/), or its checkpoint file
+                     sigma_rel:float, # The relative length of the average
+                     out=None # The checkpoint to write; `phema-{sigma_rel}.pt` beside the run's if None
+                    )->Path:
+    "A checkpoint of the run whose EMA weights are the post-hoc average of length `sigma_rel` (for sampling, not resuming)."
+    run = Path(run); folder = run if run.is_dir() else run.parent
+    ck = load_checkpoint(run)
+    ck['ema'] = reconstruct_phema(folder, sigma_rel, step=ck['step'])
+    for k in ('opt', 'ema_full', 'phema', 'rng', 'epoch_losses'): ck.pop(k, None)
+    ck.update(phema_sigma_rel=float(sigma_rel))
+    out = Path(out) if out is not None else folder / f'phema-{sigma_rel:g}.pt'
+    save_checkpoint(out, **{k: v for k, v in ck.items() if k not in ('format', 'library_version')})
+    return out
+
+def choose_phema(run, # A run trained with `phema_every` > 0
+                 sigma_rels:tuple=(0.02, 0.03, 0.05, 0.08, 0.1, 0.13, 0.18), # The lengths to try
+                 sampler:str='ddim', # The sampler to score with (the command line's default is `ode.SampleConfig`)
+                 n:int=512, # Samples per length
+                 seed:int=1, # Seed of those samples
+                 evaluator:ImageEval=None, # The yardstick; FID against the training split if None
+                 progress:bool=False, # Progress bars and one line per length
+                 **options # The sampler's options, e.g. steps=20
+                )->dict:
+    "FID of each post-hoc EMA length of `run`; writes the best as a checkpoint. Returns `dict(fids, best, path)`."
+    run = Path(run); folder = run if run.is_dir() else run.parent
+    ck = load_checkpoint(run); cfg = TrainConfig.from_dict(ck['config'])
+    ev = ImageEval.fashion_mnist('train') if evaluator is None else evaluator
+    fids = {}
+    for s in sigma_rels:
+        net = build_model(cfg); net.load_state_dict(reconstruct_phema(folder, s, step=ck['step']))
+        imgs = generate(noise_predictor(net.eval(), cfg), build_schedule(cfg), n, sampler, seed=seed, progress=progress, **options)
+        fids[s] = ev.fid(imgs)
+        if progress: print(f"sigma_rel {s:g}: FID {fids[s]:.2f}")
+    best = min(fids, key=fids.get)
+    return dict(fids=fids, best=best, path=phema_checkpoint(run, best))
 
 # %% ../nbs/13_train.ipynb #5960e526
 def image_format(path)->str:

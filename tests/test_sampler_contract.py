@@ -3,9 +3,11 @@ shared interface `f(model, x, schedule, *, generator=None, progress=True, callba
 Registering a new sampler is enough to have it checked here (conftest imports `ode`, which registers the sigma samplers)."""
 import inspect
 
+import numpy as np
 import torch
 
 from ddpm_from_scratch.ddim import sampler_options
+from ddpm_from_scratch.ddpm import NoisePredictor
 from ddpm_from_scratch.ode import nfe
 from ddpm_from_scratch.process import abar_cos, linear_schedule
 from ddpm_from_scratch.process import Schedule
@@ -104,3 +106,26 @@ def test_sampler_contract(tiny_unet, sampler, capsys):
     assert capsys.readouterr() == ('', '')
     f(m, SHAPE, SCHED, **few)
     assert capsys.readouterr().err
+
+
+class AsV(torch.nn.Module):
+    """The velocity an eps-model implies, `v = (eps - sqrt(1-abar) x_t) / sqrt(abar)`, with alpha-bar computed here on its
+    own (NumPy's interpolation in log sigma for fractional steps), not by the wrapper under test."""
+    def __init__(self, eps_model, schedule):
+        super().__init__(); self.m, self.ab = eps_model, schedule.alpha_bar.double().numpy()
+        self.t_scale = getattr(eps_model, 't_scale', None)
+    def forward(self, x, t):
+        s = t.double().numpy() * (self.t_scale or 1) if t.is_floating_point() else t.numpy()
+        log_sig = np.interp(s, np.arange(len(self.ab)), 0.5 * np.log((1 - self.ab) / self.ab))
+        a = torch.from_numpy(1 / (1 + np.exp(2 * log_sig))).view(-1, 1, 1, 1)
+        return ((self.m(x, t).double() - (1 - a).sqrt() * x.double()) / a.sqrt()).float()
+
+
+def test_every_sampler_samples_a_v_network(tiny_unet, sampler):
+    "A network trained on v, seen through `NoisePredictor`, samples what the equivalent noise predictor samples."
+    name, f = sampler
+    few = dict(steps=5) if 'steps' in sampler_options(name) else {}
+    m = tiny_unet(randomise=True).eval()
+    want = f(m, SHAPE, SCHED, generator=gen(0), progress=False, **few)
+    got = f(NoisePredictor(AsV(m, SCHED), SCHED, 'v'), SHAPE, SCHED, generator=gen(0), progress=False, **few)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * max(1., want.abs().max().item()))  # float32 rounding, amplified where samples grow large
