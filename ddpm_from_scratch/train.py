@@ -107,8 +107,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d:dict):
-        "The config stored in a checkpoint (checkpoints from before `precision` stored `mixed_precision: bool`)."
+        "The config stored in a checkpoint (older ones stored `mixed_precision: bool`, and predicted the noise with uniform weights)."
         d = dict(d)
+        d.setdefault('pred', 'eps'); d.setdefault('weighting', 'uniform')
         if 'mixed_precision' in d: d['precision'] = 'bf16' if d.pop('mixed_precision') else 'fp32'
         return cls(**d)
 
