@@ -396,8 +396,9 @@ def reconstruct_phema(folder, # A run's folder, or its phema folder
                      ):
     "The weights of the power-function EMA of length `sigma_rel`, rebuilt from the snapshots (and, with `fit`, the profile's relative error)."
     snaps = [torch.load(p, map_location='cpu', weights_only=True) for p in phema_snapshots(folder)]
-    step = step or max(s['n'] for s in snaps)
-    if step > max(s['n'] for s in snaps): raise ValueError(f"step {step} is after the last snapshot ({max(s['n'] for s in snaps)})")
+    last = max(s['n'] for s in snaps)
+    step = step or last
+    if step > last: raise ValueError(f"step {step} is after the last snapshot ({last})")
     ns = [s['n'] for s in snaps for _ in s['avgs']]
     gs = [sigma_rel_to_gamma(r) for s in snaps for r in s['sigma_rels']]
     g = sigma_rel_to_gamma(sigma_rel)
