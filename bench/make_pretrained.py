@@ -3,7 +3,8 @@
     python bench/make_pretrained.py --run ~/ddpm-runs/v2 --name ddpm_fashion_v2 [--n 512] \\
         [--rows ddim100-eta1-clip0,ddim50-eta1-clip0,ddim25-eta1-clip0,ddim50] [--guidance 50] [--minutes 40]
 
-1. Reads the run's checkpoint (`ddpm_train --out RUN ...`, every step done) and writes
+1. Reads the run's checkpoint (`ddpm_train --out RUN ...`, every step done; or the post-hoc EMA checkpoint that
+   `train.choose_phema` wrote beside it, whose averaged weights then ship) and writes
    `ddpm_from_scratch/assets/NAME.pt`: the same checkpoint format with the EMA weights in float16 and no optimiser
    state, so `train.load_model` (and, for the version `train.PRETRAINED` names, `ddpm_sample --ckpt pretrained`) loads
    it like any checkpoint.
@@ -48,7 +49,9 @@ def main():
                    help="the run's CPU time, for a checkpoint written before checkpoints recorded it (say how it was measured in --note)")
     p.add_argument('--note', default=None, help='a line for the JSON, e.g. how --cpu_hours was measured')
     a = p.parse_args()
-    ck = load_checkpoint(Path(a.run).expanduser())
+    run = Path(a.run).expanduser()
+    ck = load_checkpoint(run)
+    folder = run if run.is_dir() else run.parent   # a post-hoc EMA checkpoint sits beside the run's checkpoint.pt
     cfg = TrainConfig.from_dict(ck['config'])
     if ck['step'] != cfg.run_steps(): raise SystemExit(f"the run is at step {ck['step']} of {cfg.run_steps()}: not finished")
     if not cfg.n_classes: raise SystemExit("the reference model is class-conditional (ddpm_train --n_classes 10)")
@@ -64,7 +67,7 @@ def main():
     print(bench_table(res))
     info = dict(version=a.name.rsplit('_', 1)[-1], file=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(),
                 bytes=out.stat().st_size, params=sum(p.numel() for p in model.parameters()), config=asdict(cfg),
-                trained_by=train_command(cfg, Path(a.run).name), steps=ck['step'], images_seen=ck['step'] * cfg.bs,
+                trained_by=train_command(cfg, folder.name), steps=ck['step'], images_seen=ck['step'] * cfg.bs,
                 train_cpu_hours=round(ck['cpu_seconds'] / 3600, 2) if 'cpu_seconds' in ck else a.cpu_hours,
                 hardware=f"{platform.processor() or platform.machine()}, 2 cores", final_loss=ck['history'][-1],
                 scores=dict(n=a.n, floor=res['floor'], rows=[{k: v for k, v in row.items() if k != 'hardware'} for row in res['rows']],
@@ -74,6 +77,10 @@ def main():
         print(guidance_table(g))
         info['guidance'] = dict(n=10 * a.guidance, steps=50, sampler='ddim',
                                 rows={k: {m: v for m, v in row.items() if m != 'samples'} for k, row in g.items()})
+    if 'phema_sigma_rel' in ck:
+        info['weights'] = (f"post-hoc EMA of relative length {ck['phema_sigma_rel']:g} (train.phema_checkpoint), "
+                           f"not the fixed-decay EMA of --ema")
+        info['phema_sigma_rel'] = ck['phema_sigma_rel']
     if a.note: info['notes'] = [a.note]
     info['eval_seconds'] = round(time.time() - t0)
     out.with_suffix('.json').write_text(json.dumps(info, indent=1, default=float) + '\n')

@@ -673,6 +673,7 @@ def choose_phema(run, # A run trained with `phema_every` > 0
     "FID of each post-hoc EMA length of `run`; writes the best as a checkpoint. Returns `dict(fids, best, path)`."
     run = Path(run); folder = run if run.is_dir() else run.parent
     ck = load_checkpoint(run); cfg = TrainConfig.from_dict(ck['config'])
+    for s in sigma_rels: sigma_rel_to_gamma(s)   # a bad length fails now, not after the others are sampled
     ev = ImageEval.fashion_mnist('train') if evaluator is None else evaluator
     fids = {}
     for s in sigma_rels:

@@ -1,4 +1,4 @@
-"""The console scripts `ddpm_train`, `ddpm_sample` and `ddpm_eval`: flags parsed as a shell passes them, run in this
+"""The console scripts `ddpm_train`, `ddpm_sample`, `ddpm_eval` and `ddpm_phema`: flags parsed as a shell passes them, run in this
 process (`main`), and a few runs of the installed scripts in their own processes (exit codes, a kill, `--help`)."""
 import inspect, os, shutil, signal, subprocess, sys, time
 from contextlib import chdir
@@ -201,7 +201,8 @@ def test_installed_scripts_report_errors_and_help(tmp_path):
     assert p.returncode == 2 and p.stderr.startswith('error:') and 'Traceback' not in p.stderr, p.stderr
     for name, flags in (('ddpm_train', ['--out', '--epochs', '--schedule', '--resume', '--precision', '--minutes', '--ckpt_minutes', '--ema']),
                         ('ddpm_sample', ['--ckpt', '--sampler', '--steps', '--eta', '--seed', '--tensor', '--classes', '--w']),
-                        ('ddpm_eval', ['--ckpt', '--n', '--sampler', '--steps', '--eta'])):
+                        ('ddpm_eval', ['--ckpt', '--n', '--sampler', '--steps', '--eta']),
+                        ('ddpm_phema', ['--run', '--sigma_rels', '--n', '--sampler', '--seed', '--json_out'])):
         text = anno_parser(getattr(cli, name).__wrapped__).format_help()   # what `name --help` prints
         for f in flags: assert f in text, (name, f)
 
@@ -235,3 +236,37 @@ def test_eval_reports_fid_with_floor(trained, capsys):
     import json
     r = json.loads((trained / 'scores.json').read_text())
     assert r['fid'] > r['floor_fid'] > 0 and 'real-data floor' in capsys.readouterr().out
+
+
+def test_phema_picks_a_length_and_writes_its_checkpoint(tmp_path, capsys):
+    "ddpm_phema scores every length on the same samples, names the best, and writes a checkpoint ddpm_sample reads."
+    import json
+    assert main('ddpm_train', '--out', 'ph', '--epochs', '2', '--phema_every', '4', *TINY, cwd=tmp_path) == 0
+    capsys.readouterr()
+    assert main('ddpm_phema', '--run', 'ph', '--sigma_rels', '0.05, 0.15', '--n', '16', '--steps', '3', '--json_out', 'ph.json',
+                '--quiet', cwd=tmp_path) == 0
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / 'ph.json').read_text())
+    assert set(r['fids']) == {'0.05', '0.15'} and r['fids'][f"{r['best']:g}"] == min(r['fids'].values())
+    assert r['sampler'] == 'dpmpp_2m_sde' and r['options'] == dict(steps=3, karras=True) and r['against'] == 'train'
+    assert 'sigma_rel 0.05: FID' in out and f"best: sigma_rel {r['best']:g}" in out and r['path'] in out
+    ck = load_checkpoint(tmp_path / r['path'])
+    assert ck['phema_sigma_rel'] == r['best'] and 'opt' not in ck
+    assert main('ddpm_sample', '--ckpt', r['path'], '--n', '2', '--steps', '2', '--quiet', cwd=tmp_path) == 0
+
+
+@pytest.mark.parametrize('args,words', [
+    (['--sigma_rels', '0.05,x'], ['sigma_rels', 'comma-separated numbers']),
+    (['--sigma_rels', ','], ['--sigma_rels', 'at least one']),
+    (['--sigma_rels', '0.5'], ['sigma_rel must be a number in (0, 0.28)', '0.5']),
+    (['--n', '1'], ['--n', 'at least 2']),
+    (['--eta', '0.5'], ['--eta is an option of ddim']),
+])
+def test_bad_phema_flags(trained, capsys, args, words):
+    user_error(main('ddpm_phema', '--run', 'run', '--quiet', *args, cwd=trained), capsys, *words)
+
+
+def test_phema_needs_a_run_that_kept_the_averages(trained, capsys):
+    user_error(main('ddpm_phema', '--run', 'run', '--n', '4', '--steps', '2', '--quiet', cwd=trained), capsys,
+               'no post-hoc EMA snapshots')
+    user_error(main('ddpm_phema', '--run', 'nope', '--quiet', cwd=trained), capsys, 'not found')
