@@ -37,15 +37,16 @@ def run_cli(f, *args, **kwargs):
         return 130
 
 # %% ../nbs/16_cli.ipynb #e2df9709
-def _ints(s, name)->tuple:
-    try: return tuple(int(o) for o in str(s).replace(' ', '').split(',') if o)
-    except ValueError: raise ValueError(f"{name} must be comma-separated integers, got {s!r}") from None
+def _parse_csv(s, name, kind=int)->tuple:
+    "The comma-separated values of flag `name` as a tuple of `kind` (int or float); a `ValueError` naming the flag if one is not."
+    try: return tuple(kind(o) for o in str(s).replace(' ', '').split(',') if o)
+    except ValueError: raise ValueError(f"{name} must be comma-separated {'integers' if kind is int else 'numbers'}, got {s!r}") from None
 
 def _classes(spec:str, cfg:TrainConfig, n:int)->torch.Tensor:
     "The class of each of `n` images from `--classes` ('all' or comma-separated indices, repeated in turn); None if not given."
     if spec is None: return None
     if not cfg.n_classes: raise ValueError("--classes needs a class-conditional checkpoint (trained with --n_classes 10)")
-    cs = tuple(range(cfg.n_classes)) if str(spec) == 'all' else _ints(spec, 'classes')
+    cs = tuple(range(cfg.n_classes)) if str(spec) == 'all' else _parse_csv(spec, 'classes')
     if not cs or min(cs) < 0 or max(cs) >= cfg.n_classes: raise ValueError(f"--classes must lie in [0, {cfg.n_classes - 1}], got {spec!r}")
     return torch.tensor(cs).repeat(math.ceil(n / len(cs)))[:n]
 
@@ -137,7 +138,7 @@ def ddpm_train(
 ):
     "Train a DDPM (from-scratch U-Net) on the shipped Fashion-MNIST; write a checkpoint and a grid of samples."
     def go():
-        cfg = TrainConfig(channels=_ints(channels, 'channels'), n_res=n_res, attn_res=_ints(attn_res, 'attn_res'), skip=skip, mid=mid,
+        cfg = TrainConfig(channels=_parse_csv(channels, 'channels'), n_res=n_res, attn_res=_parse_csv(attn_res, 'attn_res'), skip=skip, mid=mid,
                           n_classes=n_classes or None, p_uncond=p_uncond, schedule=schedule, n_steps=n_steps,
                           epochs=epochs, bs=bs, lr=lr, warmup=warmup, n_train=n_train, ema=ema, pred=pred, weighting=weighting,
                           snr_gamma=snr_gamma, phema_every=phema_every, precision=precision, seed=seed)
@@ -218,10 +219,6 @@ def ddpm_eval(
     return run_cli(go)
 
 # %% ../nbs/16_cli.ipynb #e75675d1
-def _floats(s, name)->tuple:
-    try: return tuple(float(o) for o in str(s).replace(' ', '').split(',') if o)
-    except ValueError: raise ValueError(f"{name} must be comma-separated numbers, got {s!r}") from None
-
 @call_parse
 def ddpm_phema(
     run:str='runs/ddpm', # A run trained with --phema_every: its folder (checkpoint.pt and phema/) or its checkpoint
@@ -239,11 +236,11 @@ def ddpm_phema(
     "Choose a run's post-hoc EMA length by FID and write a checkpoint with that average, `phema-LENGTH.pt` beside the run's."
     def go():
         if n < 2: raise ValueError(f"--n must be at least 2 for FID, got {n}")
-        rels = _floats(sigma_rels, 'sigma_rels') if sigma_rels is not None else None
-        if rels is not None and not rels: raise ValueError("--sigma_rels needs at least one length")
+        lengths = {} if sigma_rels is None else dict(sigma_rels=_parse_csv(sigma_rels, 'sigma_rels', float))   # none given: choose_phema's
+        if lengths and not lengths['sigma_rels']: raise ValueError("--sigma_rels needs at least one length")
         _, cfg = load_model(run)
         sampler_, kwargs = _sampling(sampler, steps, eta, clip, karras, 0., None, cfg)
-        r = choose_phema(run, *(() if rels is None else (rels,)), sampler=sampler_, n=n, seed=seed, progress=not quiet, **kwargs)
+        r = choose_phema(run, sampler=sampler_, n=n, seed=seed, progress=not quiet, **lengths, **kwargs)
         if quiet: print('\n'.join(f"sigma_rel {s:g}: FID {f:.2f}" for s, f in r['fids'].items()))
         print(f"best: sigma_rel {r['best']:g} (FID {r['fids'][r['best']]:.2f} on {n} samples against the training split, "
               f"{_cost(sampler_, kwargs, cfg)}); wrote {r['path']}")
